@@ -1,0 +1,1 @@
+"""Pure builders: typed spec (+ observed state) -> desired Kubernetes manifests. No cluster I/O."""

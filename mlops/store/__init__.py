@@ -1,0 +1,1 @@
+"""Durable state: SQLite databases (WAL) per model, their schemas and retention."""
