@@ -1,0 +1,126 @@
+"""The monitoring sidecar: the process next to each model server replica that turns events into counts.
+
+The model server answers predictions first and ships what it saw, in batches, to
+``POST /v1/events`` on localhost (wire format: ``mlops.serving.events``). The sidecar keeps only
+counts that add up across replicas (``mlops.serving.sidecar_metrics``) and exposes them:
+
+- ``GET /metrics``: Prometheus text (scraped by Prometheus or directly by the operator's collector);
+- ``GET /summary``: the numbers computed from this sidecar's counts alone (``?version=`` for one
+  version) -- handy for humans; the operator merges ``/metrics`` of all replicas instead;
+- ``GET /healthz``: liveness/readiness.
+
+Keeping this out of the model server keeps the drift binning and the scrape work off the serving
+process, and lets the server stay a thin, fast prediction loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from pydantic import ValidationError
+
+from mlops.serving.events import EVENTS_PATH, EventBatch
+from mlops.serving.sidecar_metrics import SidecarRecorder, SnapshotCollector, profile_binner, summarize
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class _ORJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _error(status: int, message: str, **extra: Any) -> _ORJSONResponse:
+    return _ORJSONResponse({"error": message, **extra}, status_code=status)
+
+
+def create_sidecar_app(
+    *,
+    profile: Any = None,
+    model_name: str | None = None,
+    baseline_accuracy: float | None = None,
+    registry: CollectorRegistry | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """Build the sidecar's ASGI app. ``profile`` is a ``mlops.core.profile.BaselineProfile`` (or None:
+    then no feature bins, drift or data quality are counted). The recorder is ``app.state.recorder``."""
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    recorder = SidecarRecorder(model_name, profile_binner(profile) if profile is not None else None)
+    registry.register(SnapshotCollector(recorder))
+    batches = Counter("mlops_sidecar_event_batches", "Event batches accepted from the model server.",
+                      registry=registry)
+    rejected = Counter("mlops_sidecar_rejected_batches", "Event batches refused (malformed or too large).",
+                       ["reason"], registry=registry)
+
+    app = FastAPI(title="mlops sidecar", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.recorder = recorder
+    app.state.profile = profile
+    app.state.registry = registry
+
+    @app.post(EVENTS_PATH, status_code=202)
+    async def events(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("application/json"):
+            rejected.labels("content_type").inc()
+            return _error(415, "events must be sent as application/json")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_body_bytes:
+            rejected.labels("too_large").inc()
+            return _error(413, f"event batch larger than {max_body_bytes} bytes")
+        body = await request.body()
+        if len(body) > max_body_bytes:
+            rejected.labels("too_large").inc()
+            return _error(413, f"event batch larger than {max_body_bytes} bytes")
+        try:
+            batch = EventBatch.model_validate_json(body)
+        except ValidationError as exc:
+            rejected.labels("invalid").inc()
+            problems = [
+                {"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()[:20]
+            ]
+            return _error(422, "invalid event batch", details=problems)
+        recorder.record_predictions(batch.predictions)
+        recorder.record_feedback(batch.feedback)
+        batches.inc()
+        return _ORJSONResponse({"accepted": len(batch.predictions) + len(batch.feedback)}, status_code=202)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/summary")
+    async def summary(version: str | None = None) -> Response:
+        snapshot = recorder.snapshot()
+        if version is not None:
+            snapshot = snapshot.for_version(version)
+        return _ORJSONResponse(summarize(snapshot, profile, baseline_accuracy))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _ORJSONResponse({"status": "ok", "model": model_name, "profile": profile is not None})
+
+    return app
+
+
+def load_profile(path: str) -> Any:
+    """Read a baseline profile JSON file (written by ``mlops train`` / ``build_profile(...).to_dict()``)."""
+    from mlops.core.profile import BaselineProfile
+
+    with open(path, "rb") as handle:
+        data = orjson.loads(handle.read())
+    return BaselineProfile.from_dict(data)
+
+
+def run_sidecar(host: str, port: int, **kwargs: Any) -> None:
+    """Serve the sidecar with uvicorn until SIGTERM/SIGINT."""
+    import uvicorn
+
+    app = create_sidecar_app(**kwargs)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
