@@ -378,6 +378,8 @@ def profile_binner(profile: Any) -> Any:
     """
     import pandas as pd
 
+    from mlops.core.profile import as_numbers
+
     columns = list(profile.columns.items())
 
     def binner(rows: Sequence[Mapping[str, Any]]) -> tuple[dict, dict, dict]:
@@ -387,13 +389,15 @@ def profile_binner(profile: Any) -> Any:
         for name, column in columns:
             values = [row.get(name) for row in rows]
             wrong = 0
-            if column.kind == "numeric" and not all(
+            if column.kind == "numeric" and all(
                 v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values
             ):
+                series = pd.Series(values, dtype=float)  # None -> NaN: the fast, common path
+            else:
                 series = pd.Series(values, dtype=object)
-                coerced = pd.to_numeric(series, errors="coerce")
-                wrong = int((coerced.isna() & series.notna()).sum())
-            counts = column.count(pd.Series(values, dtype=float if not wrong and column.kind == "numeric" else object))
+                if column.kind == "numeric":
+                    wrong = as_numbers(series)[2]
+            counts = column.count(series)
             for index, count in enumerate(counts[:-1]):
                 if count:
                     bins[(name, str(index))] = int(count)
@@ -404,15 +408,60 @@ def profile_binner(profile: Any) -> Any:
     return binner
 
 
-def data_quality_from_snapshot(snapshot: SidecarSnapshot) -> dict[str, float | None]:
-    """Share of feature cells that were present and well typed: 1 - (missing + invalid) / cells."""
-    binned = math.fsum(snapshot.feature_bins.values())
-    missing = math.fsum(snapshot.feature_missing.values())
-    invalid = math.fsum(snapshot.feature_invalid.values())
-    cells = binned + missing + invalid
+def data_quality_from_snapshot(snapshot: SidecarSnapshot, profile: Any = None) -> dict[str, float | None]:
+    """Data quality from counts, with ``mlops.core.quality.assess_data_quality``'s formula::
+
+        score = (1 - excess_missing) * (1 - out_of_range_rate) * (1 - wrong_type_rate)
+
+    ``missing_rate`` = missing cells / cells (its excess over the baseline's rate counts);
+    ``out_of_range_rate`` = numeric values below the baseline min (the underflow bin) or above its
+    max (the overflow bin), plus categories unseen in a baseline whose "other" bucket was empty, over
+    valid values; ``wrong_type_rate`` = non-numbers in numeric columns over non-missing numeric cells.
+    Duplicate rows cannot be known from counts, so that factor is left out. Without a profile only
+    missing and wrong-type cells count. None when nothing was counted.
+    """
+    per_feature = _bin_counts_by_feature(snapshot)
+    missing_by: dict[str, float] = {}
+    invalid_by: dict[str, float] = {}
+    for (_version, feature), count in snapshot.feature_missing.items():
+        _add(missing_by, feature, count)
+    for (_version, feature), count in snapshot.feature_invalid.items():
+        _add(invalid_by, feature, count)
+    features = set(per_feature) | set(missing_by) | set(invalid_by)
+    if profile is not None:
+        features = set(profile.columns)
+    missing = math.fsum(missing_by.get(f, 0.0) for f in features)
+    wrong = math.fsum(invalid_by.get(f, 0.0) for f in features)
+    valid = math.fsum(math.fsum(per_feature.get(f, {}).values()) for f in features)
+    cells = valid + missing + wrong
     if cells <= 0:
-        return {"score": None, "missing_rate": None, "invalid_rate": None}
-    return {"score": 1.0 - (missing + invalid) / cells, "missing_rate": missing / cells, "invalid_rate": invalid / cells}
+        return {"score": None, "missing_rate": None, "out_of_range_rate": None, "wrong_type_rate": None}
+    out_of_range = 0.0
+    numeric_non_missing = 0.0
+    base_missing = 0.0
+    if profile is not None:
+        base_cells = sum(c.n for c in profile.columns.values())
+        base_missing = sum(c.missing for c in profile.columns.values()) / base_cells if base_cells else 0.0
+        for name, column in profile.columns.items():
+            bins = per_feature.get(name, {})
+            if column.kind == "numeric":
+                numeric_non_missing += math.fsum(bins.values()) + invalid_by.get(name, 0.0)
+                if column.min is not None and column.max is not None:
+                    out_of_range += bins.get("0", 0.0) + bins.get(str(len(column.edges)), 0.0)
+            elif column.counts[-2] == 0:
+                out_of_range += bins.get(str(len(column.categories)), 0.0)
+    else:
+        numeric_non_missing = valid + wrong
+    missing_rate = missing / cells
+    out_of_range_rate = out_of_range / valid if valid else 0.0
+    wrong_type_rate = wrong / numeric_non_missing if numeric_non_missing else 0.0
+    score = (1 - max(0.0, missing_rate - base_missing)) * (1 - out_of_range_rate) * (1 - wrong_type_rate)
+    return {
+        "score": min(1.0, max(0.0, score)),
+        "missing_rate": missing_rate,
+        "out_of_range_rate": out_of_range_rate,
+        "wrong_type_rate": wrong_type_rate,
+    }
 
 
 def _seconds_to_ms(value: float | None) -> float | None:
@@ -455,7 +504,7 @@ def summarize(
             drift_score = float(report.drift_score)
             drifted = sorted(report.drifted_features)
             drift_detected = bool(report.feature_drift_detected)
-    quality = data_quality_from_snapshot(snapshot)
+    quality = data_quality_from_snapshot(snapshot, profile)
 
     versions: dict[str, dict[str, float]] = {}
     for version in snapshot.versions():
@@ -491,6 +540,8 @@ def summarize(
         "feature_drift_detected": drift_detected,
         "data_quality": quality["score"],
         "missing_rate": quality["missing_rate"],
+        "out_of_range_rate": quality["out_of_range_rate"],
+        "wrong_type_rate": quality["wrong_type_rate"],
         "versions": versions,
     }
 
