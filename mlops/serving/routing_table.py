@@ -57,6 +57,14 @@ class ExperimentRoute(BaseModel):
     segment: dict[str, Any] | None = None
     paused: bool = False
 
+    @field_validator("segment")
+    @classmethod
+    def _valid_segment(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        from mlops.core.segments import validate_segment_criteria
+
+        validate_segment_criteria(value)
+        return value
+
     @model_validator(mode="after")
     def _distinct_arms(self) -> ExperimentRoute:
         if self.control == self.treatment:
