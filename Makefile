@@ -10,7 +10,7 @@ install:  ## install the package with every test dependency (editable)
 	$(PIP) install --quiet --disable-pip-version-check -e '.[dev]'
 
 run: install  ## install, then run the main job on its embedded default
-	mlops demo
+	mlops serve --demo --port 5000
 
 test: install tools lint  ## install everything, build/reuse the control plane, run every test tier
 	$(PYTHON) -m pytest tests

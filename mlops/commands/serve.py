@@ -1,0 +1,108 @@
+"""`mlops serve`: run the production model server (the `model` container of every serving pod).
+
+Examples:
+  mlops serve --demo --port 5000                      # the quick start (make run)
+  mlops serve --model-uri file:///models/v3/model.skops --sha256 <hex> --version v3 \\
+              --sidecar-url http://127.0.0.1:8081 --port 8080
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mlops.commands._common import UsageError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serve a model over HTTP (predict, feedback, monitoring, A/B)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-uri", action="append", default=[], metavar="URI",
+                   help="artifact URI (file://, http(s)://, or a path); repeat for several versions")
+    p.add_argument("--sha256", action="append", default=[], help="pinned sha256 per --model-uri, in order")
+    p.add_argument("--version", dest="model_version", action="append", default=[],
+                   help="version name per --model-uri (default: from metadata.json)")
+    p.add_argument("--format", choices=["skops", "joblib"], default=None,
+                   help="artifact format (default skops; joblib only together with --sha256)")
+    p.add_argument("--current", help="version to make current (default: the first loaded)")
+    p.add_argument("--model-name", default=None, help="model name (default: from the artifact's metadata)")
+    p.add_argument("--baseline-csv", help="baseline features CSV for in-process monitoring")
+    p.add_argument("--sidecar-url", help="send monitoring events to this sidecar instead of in-process")
+    p.add_argument("--no-monitoring", action="store_true", help="do not record predictions")
+    p.add_argument("--no-ab-testing", action="store_true", help="disable experiment routing")
+    p.add_argument("--flush-interval", type=float, default=1.0, help="seconds between monitoring flushes")
+    p.add_argument("--demo", action="store_true",
+                   help="serve the quick-start demo: v1.0.0 and v2.0.0 with experiment alzheimer_model_v2_test")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def _options(args: argparse.Namespace) -> dict:
+    if not args.demo and not args.model_uri:
+        raise UsageError("give --model-uri (one per version) or --demo")
+    if args.sha256 and len(args.sha256) != len(args.model_uri):
+        raise UsageError("give one --sha256 per --model-uri")
+    if args.model_version and len(args.model_version) != len(args.model_uri):
+        raise UsageError("give one --version per --model-uri")
+    if args.format == "joblib" and not args.sha256:
+        raise UsageError("--format joblib needs --sha256 (pickle files are only loaded when pinned)")
+    if args.workers < 1 or not 0 < args.port < 65536 or args.flush_interval <= 0:
+        raise UsageError("--workers >= 1, --port in 1..65535 and --flush-interval > 0 are required")
+    options: dict = {}
+    if args.demo:
+        from mlops.serving.app import prepare_demo
+        from mlops.store.sqlite import mlops_home
+
+        options = prepare_demo(mlops_home() / "demo-models")
+    versions = list(options.get("versions", []))
+    for i, uri in enumerate(args.model_uri):
+        versions.append({"uri": uri, "sha256": args.sha256[i] if args.sha256 else None,
+                         "version": args.model_version[i] if args.model_version else None, "format": args.format})
+    options["versions"] = versions
+    if args.model_name:
+        options["model_name"] = args.model_name
+    elif "model_name" not in options:
+        options["model_name"] = _name_from_metadata(versions[0]["uri"])
+    if args.current:
+        options["current"] = args.current
+    if args.baseline_csv:
+        options["baseline_csv"] = args.baseline_csv
+    options.update(sidecar_url=args.sidecar_url, enable_monitoring=not args.no_monitoring,
+                   enable_ab_testing=not args.no_ab_testing, flush_interval=args.flush_interval)
+    return options
+
+
+def _name_from_metadata(uri: str) -> str:
+    from mlops.serving.model_store import ModelLoadError, ModelMetadata, fetch_bytes, sibling_uri
+
+    try:
+        return ModelMetadata.model_validate_json(fetch_bytes(sibling_uri(uri, "metadata.json"))).model_name
+    except (ModelLoadError, ValueError):
+        return "model"
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    import orjson
+    import uvicorn
+
+    from mlops.serving.app import build_server_from_options
+    from mlops.serving.model_store import ModelLoadError
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = _options(args)
+    if args.workers > 1:
+        os.environ["MLOPS_SERVE_OPTIONS"] = orjson.dumps(options).decode()
+        uvicorn.run("mlops.serving.production_server:app_from_env", factory=True, host=args.host,
+                    port=args.port, workers=args.workers, log_level=args.log_level, access_log=False)
+        return 0
+    try:
+        server = build_server_from_options(options)
+    except (ModelLoadError, FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    server.run(host=args.host, port=args.port, log_level=args.log_level)
+    return 0

@@ -1,0 +1,308 @@
+"""Fetch, verify and load model artifacts; the feature schema that travels with every model.
+
+Why it exists: the original server unpickled files from its working directory without any check.
+Here an artifact comes from a ``file://`` or ``http(s)://`` URI (or a plain path), its sha256 is
+verified *before* any byte is deserialised, skops is the default format (it refuses unknown types
+unless they are allow-listed) and joblib/pickle is accepted only when the caller pinned it explicitly
+*and* gave a sha256. A failed load raises ``ModelLoadError`` and touches nothing else, so the server
+keeps serving its current version.
+
+An artifact folder written by ``mlops train`` holds ``model.skops``, ``model.sha256``,
+``metadata.json`` (model name, version, format, sha256, label classes, metrics and the feature
+schema: names in the model's column order, types, required or optional) and ``profile.json`` (the
+baseline profile). The metadata is looked up beside the model URI; without it the schema is derived
+from the estimator's ``feature_names_in_`` (all required, numeric).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+ModelFormat = Literal["skops", "joblib"]
+SAFE_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.")
+MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ModelLoadError(Exception):
+    """The artifact could not be fetched, verified or loaded; the message says which and why."""
+
+
+class IntegrityError(ModelLoadError):
+    """The artifact's sha256 does not match the pinned one (tampered or wrong file)."""
+
+
+class FeatureSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: Literal["number", "category"] = "number"
+    required: bool = True
+    categories: list[str] | None = None
+
+
+class FeatureSchema(BaseModel):
+    """Feature names in the order the model's columns expect them, with types and requiredness."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: list[FeatureSpec]
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def required(self) -> list[str]:
+        return [f.name for f in self.features if f.required]
+
+
+class ModelMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model_name: str = "model"
+    version: str = ""
+    format: ModelFormat = "skops"
+    sha256: str | None = None
+    label: str | None = None
+    classes: list[Any] = Field(default_factory=list)
+    feature_schema: FeatureSchema
+    metrics: dict[str, float] = Field(default_factory=dict)
+    trained_at: float | None = None
+
+
+class FeatureError(ValueError):
+    """A row does not fit the model's feature schema; ``field`` names the offending feature."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _path_from_uri(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and uri[1:3] in (":\\", ":/")):
+        return Path(uri)
+    return None
+
+
+def fetch_bytes(uri: str, timeout: float = 30.0, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes:
+    """Read ``uri`` (``file://``, ``http://``, ``https://`` or a plain path) into memory."""
+    path = _path_from_uri(uri)
+    if path is not None:
+        try:
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise ModelLoadError(f"artifact {uri} is {size} bytes, over the {max_bytes} limit")
+            return path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read {uri}: {exc.strerror or exc}") from exc
+    scheme = urlparse(uri).scheme
+    if scheme not in ("http", "https"):
+        raise ModelLoadError(f"unsupported artifact URI scheme {scheme!r} in {uri} (file, http, https)")
+    import httpx
+
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=True) as client, client.stream("GET", uri) as resp:
+            if resp.status_code != 200:
+                raise ModelLoadError(f"GET {uri} answered HTTP {resp.status_code}")
+            buffer = bytearray()
+            for chunk in resp.iter_bytes():
+                buffer.extend(chunk)
+                if len(buffer) > max_bytes:
+                    raise ModelLoadError(f"artifact {uri} is over the {max_bytes} byte limit")
+            return bytes(buffer)
+    except httpx.HTTPError as exc:
+        raise ModelLoadError(f"cannot fetch {uri}: {exc}") from exc
+
+
+def sibling_uri(uri: str, name: str) -> str:
+    """The URI of file ``name`` in the same folder as ``uri``."""
+    path = _path_from_uri(uri)
+    if path is not None:
+        return str(path.parent / name)
+    base, _, _ = uri.rpartition("/")
+    return f"{base}/{name}"
+
+
+def verify_sha256(data: bytes, expected: str | None, uri: str = "artifact") -> str:
+    actual = sha256_hex(data)
+    if expected is not None:
+        wanted = expected.strip().lower()
+        if not _SHA256.match(wanted):
+            raise IntegrityError(f"pinned sha256 for {uri} is not 64 hex digits")
+        if actual != wanted:
+            raise IntegrityError(f"sha256 mismatch for {uri}: expected {wanted}, got {actual}; refusing to load")
+    return actual
+
+
+def deserialize(data: bytes, fmt: ModelFormat, sha256_pinned: bool, extra_trusted: list[str] | None = None) -> Any:
+    """Turn verified bytes into an estimator. skops: only allow-listed types; joblib: only when pinned."""
+    if fmt == "skops":
+        import skops.io as sio
+
+        try:
+            untrusted = sio.get_untrusted_types(data=data)
+            allowed = set(extra_trusted or [])
+            refused = [t for t in untrusted if not t.startswith(SAFE_TYPE_PREFIXES) and t not in allowed]
+            if refused:
+                raise ModelLoadError(f"skops artifact contains types that are not trusted: {', '.join(refused)}")
+            return sio.loads(data, trusted=list(untrusted))
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is an unloadable artifact
+            raise ModelLoadError(f"cannot load skops artifact: {type(exc).__name__}: {exc}") from exc
+    if fmt == "joblib":
+        if not sha256_pinned:
+            raise ModelLoadError("joblib/pickle artifacts are loaded only with a pinned sha256")
+        import joblib
+
+        try:
+            return joblib.load(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 - unpickling failures of any kind mean unloadable
+            raise ModelLoadError(f"cannot load joblib artifact: {type(exc).__name__}: {exc}") from exc
+    raise ModelLoadError(f"unknown model format {fmt!r} (skops or joblib)")
+
+
+def schema_from_estimator(estimator: Any) -> FeatureSchema:
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        n = getattr(estimator, "n_features_in_", None)
+        if n is None:
+            raise ModelLoadError("no metadata.json beside the model and the estimator has no feature names")
+        names = [f"x{i}" for i in range(int(n))]
+    return FeatureSchema(features=[FeatureSpec(name=str(n)) for n in names])
+
+
+class LoadedModel:
+    """An estimator with its schema; turns request dicts into rows in the model's column order."""
+
+    def __init__(self, estimator: Any, metadata: ModelMetadata) -> None:
+        self.estimator = estimator
+        self.metadata = metadata
+        self.version = metadata.version
+        self.schema = metadata.feature_schema
+        self.names = self.schema.names
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.required = frozenset(self.schema.required)
+        self.categorical = {f.name for f in self.schema.features if f.type == "category"}
+        self.dtype = object if self.categorical else np.float64
+        self.has_proba = hasattr(estimator, "predict_proba")
+        classes = getattr(estimator, "classes_", None)
+        self.classes = [c.item() if hasattr(c, "item") else c for c in classes] if classes is not None else []
+        # sklearn warns when a DataFrame-fitted estimator receives a bare array; feature order is
+        # guaranteed by the schema, so hand it arrays with the same column names off the hot path.
+        self._fitted_on_frame = getattr(estimator, "feature_names_in_", None) is not None
+
+    def row(self, features: dict[str, Any]) -> list[Any]:
+        """One row in schema order; raises FeatureError naming a missing/unknown/ill-typed feature."""
+        row: list[Any] = [math.nan] * len(self.names)
+        index = self.index
+        for name, value in features.items():
+            i = index.get(name)
+            if i is None:
+                raise FeatureError(name, f"unknown feature {name!r}; expected some of {self.names}")
+            if value is None:
+                continue
+            if name in self.categorical:
+                row[i] = str(value)
+            else:
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise FeatureError(name, f"feature {name!r} must be a number, got {type(value).__name__}")
+                if not math.isfinite(value):
+                    raise FeatureError(name, f"feature {name!r} must be a finite number")
+                row[i] = float(value)
+        missing = [n for n in self.names if n in self.required and features.get(n) is None]
+        if missing:
+            raise FeatureError(missing[0], f"missing required feature(s): {', '.join(missing)}")
+        return row
+
+    def matrix(self, rows: list[list[Any]]) -> Any:
+        array = np.asarray(rows, dtype=self.dtype)
+        if self._fitted_on_frame:
+            import pandas as pd
+
+            return pd.DataFrame(array, columns=self.names)
+        return array
+
+    def predict(self, rows: list[list[Any]]) -> tuple[list[Any], list[float | None]]:
+        """Predicted labels (Python scalars) and confidences (max class probability) for rows."""
+        x = self.matrix(rows)
+        if self.has_proba:
+            proba = self.estimator.predict_proba(x)
+            best = proba.argmax(axis=1)
+            classes = self.estimator.classes_
+            labels = [c.item() if hasattr(c, "item") else c for c in classes[best]]
+            confidence = proba[np.arange(len(best)), best].tolist()
+            return labels, confidence
+        predicted = self.estimator.predict(x)
+        return [p.item() if hasattr(p, "item") else p for p in predicted], [None] * len(rows)
+
+
+def load_model(
+    uri: str,
+    sha256: str | None = None,
+    fmt: ModelFormat | None = None,
+    version: str | None = None,
+    metadata_uri: str | None = None,
+    extra_trusted: list[str] | None = None,
+) -> LoadedModel:
+    """Fetch ``uri``, verify its sha256 (the pinned one, else the one in metadata.json), then load.
+
+    Raises ModelLoadError (IntegrityError on a checksum mismatch) and has no other side effect.
+    """
+    metadata: ModelMetadata | None = None
+    meta_source = metadata_uri or sibling_uri(uri, "metadata.json")
+    try:
+        meta_bytes = fetch_bytes(meta_source, max_bytes=16 * 1024 * 1024)
+    except ModelLoadError:
+        if metadata_uri:
+            raise
+        meta_bytes = None
+    if meta_bytes is not None:
+        try:
+            metadata = ModelMetadata.model_validate_json(meta_bytes)
+        except ValueError as exc:
+            raise ModelLoadError(f"invalid metadata at {meta_source}: {exc}") from exc
+    expected = sha256 or (metadata.sha256 if metadata else None)
+    chosen_format: ModelFormat = fmt or (metadata.format if metadata else None) or (
+        "joblib" if uri.endswith((".joblib", ".pkl")) else "skops"
+    )
+    data = fetch_bytes(uri)
+    actual = verify_sha256(data, expected, uri)
+    estimator = deserialize(data, chosen_format, sha256_pinned=sha256 is not None, extra_trusted=extra_trusted)
+    if not hasattr(estimator, "predict"):
+        raise ModelLoadError(f"artifact {uri} holds a {type(estimator).__name__}, not a model with predict()")
+    if metadata is None:
+        metadata = ModelMetadata(feature_schema=schema_from_estimator(estimator), format=chosen_format)
+    metadata = metadata.model_copy(update={"sha256": actual, "format": chosen_format})
+    if version:
+        metadata = metadata.model_copy(update={"version": version})
+    if not metadata.version:
+        metadata = metadata.model_copy(update={"version": actual[:12]})
+    n_in = getattr(estimator, "n_features_in_", None)
+    if n_in is not None and int(n_in) != len(metadata.feature_schema.features):
+        raise ModelLoadError(
+            f"metadata lists {len(metadata.feature_schema.features)} features but the model expects {n_in}"
+        )
+    return LoadedModel(estimator, metadata)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
