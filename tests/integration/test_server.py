@@ -1,0 +1,207 @@
+"""The model server's ASGI app with real models, a real SQLite-backed monitor and a real registry:
+validation errors, versions (challenger, tampering, rollback), feedback, admin auth, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from mlops.core.prediction_id import sign_prediction_id, verify_prediction_id
+from mlops.serving.model_store import ModelLoadError
+from mlops.serving.production_server import create_production_server
+from mlops.serving.schemas import MAX_BATCH
+from mlops.serving.training import train
+
+KEY = b"k" * 32
+ROW = {"a": 1.5, "b": -0.5}
+
+
+def _frame(seed: int, flip: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    a, b, c = rng.normal(size=(3, 400))
+    c[rng.random(400) < 0.2] = np.nan
+    y = ((a - b > 0) ^ flip).astype(int)
+    return pd.DataFrame({"a": a, "b": b, "c": c, "y": y})
+
+
+@pytest.fixture()
+def artifacts(tmp_path):
+    out = {}
+    for version, flip in [("v1", False), ("v2", True)]:
+        meta = train(_frame(3, flip), "y", tmp_path / version, model_name="m", version=version)
+        out[version] = ((tmp_path / version / "model.skops").as_uri(), meta.sha256)
+    return out
+
+
+@pytest.fixture()
+def server(artifacts):
+    srv = create_production_server("m", enable_ab_testing=False, admin_token="secret", prediction_key=KEY,
+                                   registry=CollectorRegistry(), flush_interval=0.05)
+    srv.load_model_version("v1", uri=artifacts["v1"][0], sha256=artifacts["v1"][1])
+    yield srv
+    srv.close()
+
+
+@pytest.fixture()
+def client(server):
+    with TestClient(server.app) as c:
+        yield c
+
+
+def test_health_is_503_until_a_model_is_loaded(artifacts):
+    srv = create_production_server("m", enable_monitoring=False, enable_ab_testing=False)
+    with TestClient(srv.app) as c:
+        r = c.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "unavailable"
+        assert c.get("/ready").status_code == 503
+        assert c.post("/predict", json={"features": ROW}).status_code == 503
+        srv.load_model_version("v1", uri=artifacts["v1"][0])
+        body = c.get("/health").json()
+        assert body["status"] == "healthy" and body["current_model_version"] == "v1"
+        assert set(body) == {"status", "model_name", "current_model_version", "uptime_seconds", "request_count",
+                             "error_count", "models_loaded"}
+
+
+def test_predict_returns_signed_id_and_is_recorded(server, client):
+    r = client.post("/predict", json={"features": ROW, "user_id": "u1"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["prediction"] == 1 and body["model_version"] == "v1" and body["user_id"] == "u1"
+    assert 0.5 <= body["confidence"] <= 1 and body["timestamp"].endswith("Z")
+    ref = verify_prediction_id(KEY, body["prediction_id"])
+    assert (ref.version, ref.prediction) == ("v1", "1")
+    server.recorder.flush()
+    status = client.get("/monitoring/status", params={"hours": 24}).json()
+    assert status["total_predictions"] == 1 and status["recording"]["written"] == 1
+
+
+def test_batch_predictions_in_row_order_with_optional_feature_omitted(client):
+    rows = [{"a": 2.0, "b": -2.0}, {"b": 2.0, "a": -2.0, "c": 0.3}]
+    r = client.post("/predict/batch", json={"batch_features": rows, "user_ids": ["x", "y"]})
+    assert r.status_code == 200
+    preds = r.json()["predictions"]
+    assert [p["prediction"] for p in preds] == [1, 0] and [p["user_id"] for p in preds] == ["x", "y"]
+    assert len({p["prediction_id"] for p in preds}) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code", "field"),
+    [
+        (b'{"features": {"a": 1', "application/json", 400, "malformed_json", None),
+        (b'{"features": {"a": 1, "b": 2}}', "text/plain", 415, "unsupported_media_type", None),
+        (b'{"features": {"a": 1}}', "application/json", 422, "invalid_feature", "features.b"),
+        (b'{"features": {"a": 1, "b": 2}, "colour": "red"}', "application/json", 422, "validation_error", "colour"),
+        (b'{"features": {"a": "high", "b": 2}}', "application/json", 422, "invalid_feature", "features.a"),
+        (b'{"features": {"a": 1, "b": 2, "zz": 3}}', "application/json", 422, "invalid_feature", "features.zz"),
+        (b'{"features": [1, 2]}', "application/json", 422, "validation_error", "features"),
+        (b"", "application/json", 400, "malformed_json", None),
+    ],
+)
+def test_bad_single_requests_get_4xx_json_naming_the_problem(client, body, content_type, status, code, field):
+    r = client.post("/predict", content=body, headers={"content-type": content_type})
+    assert r.status_code == status
+    assert r.headers["content-type"] == "application/json"
+    payload = r.json()
+    assert payload["error"] == code and payload["field"] == field and payload["message"]
+
+
+def test_empty_and_oversized_batches(client, server):
+    empty = client.post("/predict/batch", json={"batch_features": []})
+    assert empty.status_code == 422 and empty.json()["field"] == "batch_features"
+    too_many = client.post("/predict/batch", json={"batch_features": [ROW] * (MAX_BATCH + 1)})
+    assert too_many.status_code == 422 and too_many.json()["field"] == "batch_features"
+    huge = b'{"batch_features": [' + b",".join([b'{"a": 1.0, "b": 2.0}'] * 60_000) + b"]}"
+    r = client.post("/predict/batch", content=huge, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+    mismatch = client.post("/predict/batch", json={"batch_features": [ROW], "user_ids": ["a", "b"]})
+    assert mismatch.status_code == 422 and mismatch.json()["field"] == "user_ids"
+
+
+def test_challenger_tampering_and_rollback(server, client, artifacts, tmp_path):
+    server.load_model_version("v2", uri=artifacts["v2"][0], sha256=artifacts["v2"][1])
+    assert server.current_model_version == "v1" and sorted(server.models) == ["v1", "v2"]
+    assert client.post("/predict", json={"features": ROW}).json()["model_version"] == "v1"
+
+    with pytest.raises(ModelLoadError, match="sha256 mismatch"):
+        server.load_model_version("v3", uri=artifacts["v2"][0], sha256="f" * 64, make_current=True)
+    assert server.current_model_version == "v1" and "v3" not in server.models
+    assert client.post("/predict", json={"features": ROW}).status_code == 200
+
+    server.load_model_version("v2", uri=artifacts["v2"][0], make_current=True)
+    assert client.post("/predict", json={"features": ROW}).json()["prediction"] == 0  # v2 is flipped
+    assert server.rollback_model("previous_stable") == {"previous_version": "v2", "current_model_version": "v1"}
+    assert client.post("/predict", json={"features": ROW}).json()["prediction"] == 1
+    with pytest.raises(ValueError):
+        server.rollback_model("previous_stable")
+    with pytest.raises(ValueError):
+        server.rollback_model("v9")
+
+
+def test_admin_api_requires_token_and_refuses_tampered_artifact(client, server, artifacts):
+    load = {"version": "v2", "uri": artifacts["v2"][0], "sha256": artifacts["v2"][1]}
+    assert client.post("/admin/models", json=load).status_code == 401
+    bad = client.post("/admin/models", json={**load, "sha256": "0" * 64}, headers={"authorization": "Bearer secret"})
+    assert bad.status_code == 422 and "sha256 mismatch" in bad.json()["message"]
+    assert "still serving v1" in bad.json()["message"]
+    ok = client.post("/admin/models", json=load, headers={"authorization": "Bearer secret"})
+    assert ok.status_code == 201 and ok.json()["current_model_version"] == "v1"
+    promote = client.post("/admin/rollback", json={"target": "v2"}, headers={"authorization": "Bearer secret"})
+    assert promote.status_code == 200 and server.current_model_version == "v2"
+    back = client.post("/admin/rollback", json={}, headers={"authorization": "Bearer secret"})
+    assert back.json()["current_model_version"] == "v1"
+    nothing = client.post("/admin/rollback", json={}, headers={"authorization": "Bearer secret"})
+    assert nothing.status_code == 409
+
+
+def test_admin_disabled_without_token(artifacts):
+    srv = create_production_server("m", enable_monitoring=False, enable_ab_testing=False, admin_token="")
+    with TestClient(srv.app) as c:
+        r = c.post("/admin/rollback", json={}, headers={"authorization": "Bearer x"})
+        assert r.status_code == 403 and r.json()["error"] == "admin_disabled"
+
+
+def test_feedback_verifies_ids(client, server):
+    pid = client.post("/predict", json={"features": ROW}).json()["prediction_id"]
+    ok = client.post("/feedback", json={"prediction_id": pid, "true_label": 1})
+    assert ok.status_code == 202 and ok.json()["accepted"] == 1
+    forged = sign_prediction_id(b"other key", "v1", "1", "n")
+    bad = client.post("/feedback", json={"prediction_id": forged, "true_label": 1})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_prediction_id"
+    many = client.post("/feedback", json={"feedback": [{"prediction_id": pid, "true_label": 0}] * 3})
+    assert many.json()["accepted"] == 3
+    assert server.feedback_count == 4
+
+
+def test_metrics_exposition(client):
+    client.post("/predict", json={"features": ROW})
+    text = client.get("/metrics").text
+    assert 'mlops_server_predictions_total{version="v1"} 1.0' in text
+    assert "mlops_monitoring_records_dropped_total 0.0" in text
+    assert 'mlops_server_model_loaded{current="true",version="v1"} 1.0' in text
+
+
+def test_queue_full_drops_are_counted(artifacts):
+    srv = create_production_server("m", enable_ab_testing=False, queue_capacity=5, flush_interval=60)
+    srv.load_model_version("v1", uri=artifacts["v1"][0])
+    srv.predict_batch([ROW] * 8)
+    assert srv.recording_stats()["dropped"] == 3 and srv.recording_stats()["recorded"] == 5
+    srv.close()
+    assert srv.recording_stats()["written"] == 5
+
+
+def test_predict_batch_python_api_accepts_dataframes(server):
+    results = server.predict_batch(pd.DataFrame([{"a": 2.0, "b": -2.0, "c": np.nan}, {"a": -2.0, "b": 2.0, "c": 1.0}]))
+    assert [r["prediction"] for r in results] == [1, 0]
+    with pytest.raises(ValueError, match="missing required"):
+        server.predict_batch([{"a": 1.0}])
+
+
+def test_openapi_documents_request_bodies(client):
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/PredictRequest"}
+    assert "PredictRequest" in spec["components"]["schemas"]
+    assert client.get("/docs").status_code == 200
