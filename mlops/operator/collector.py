@@ -1,0 +1,191 @@
+"""Collect the sidecars' counters for one ModelDeployment and turn them into ``status.metrics``.
+
+Sources, in order of precedence:
+1. an endpoint override file (``--metrics-endpoints FILE``: JSON ``{"<namespace>/<name>": [url, ...]}``,
+   re-read on every collection) - how tests point the collector at real local sidecar processes
+   while the pods are KWOK pods;
+2. a Prometheus query API (``--prometheus-url``): one instant query for the ``mlops_*`` series of the
+   deployment's pods;
+3. by default, a direct scrape of every ready model pod's sidecar ``/metrics`` (pod IP, port 9090).
+
+Whatever the source, the text is parsed into the sidecar's counts, merged by addition
+(``merge_snapshots``) and summarized once (``summarize``): numbers across replicas are sums, never
+averages of averages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlops.operator.resources import naming as n
+from mlops.operator.resources.model_deployment import SIDECAR_PORT
+
+log = logging.getLogger("mlops.operator.collector")
+
+# summarize() key -> status.metrics key
+STATUS_KEYS = {
+    "predictions": "predictions",
+    "accuracy": "accuracy",
+    "precision": "precision",
+    "recall": "recall",
+    "f1": "f1",
+    "latency_p50_ms": "latencyP50Ms",
+    "latency_p95_ms": "latencyP95Ms",
+    "error_rate": "errorRate",
+    "drift_score": "driftScore",
+    "drifted_features": "driftedFeatures",
+    "data_quality": "dataQuality",
+}
+
+
+class CollectError(Exception):
+    """No source answered (every endpoint failed): the previous status.metrics is kept."""
+
+
+def to_status_metrics(summary: Mapping[str, Any], collected_at: str) -> dict[str, Any]:
+    """summarize() output -> the camelCase status.metrics object (None values are left out)."""
+    out: dict[str, Any] = {}
+    for key, status_key in STATUS_KEYS.items():
+        value = summary.get(key)
+        if value is None:
+            continue
+        if isinstance(value, float):
+            value = round(value, 6)
+        out[status_key] = value
+    out.setdefault("driftedFeatures", [])
+    out["collectedAt"] = collected_at
+    return out
+
+
+class Collector:
+    def __init__(
+        self,
+        kube: Any,
+        *,
+        endpoints_file: str | None = None,
+        prometheus_url: str | None = None,
+        prometheus_pod_label: str = "pod",
+        timeout: float = 5.0,
+    ) -> None:
+        self.kube = kube
+        self.endpoints_file = Path(endpoints_file) if endpoints_file else None
+        self.prometheus_url = prometheus_url.rstrip("/") if prometheus_url else None
+        self.prometheus_pod_label = prometheus_pod_label
+        self.timeout = timeout
+        self._profiles: dict[tuple[str, str, str], tuple[str, Any]] = {}
+
+    # ---- sources ---------------------------------------------------------------------------------
+    def override_endpoints(self, namespace: str, name: str) -> list[str] | None:
+        if self.endpoints_file is None or not self.endpoints_file.exists():
+            return None
+        try:
+            table = json.loads(self.endpoints_file.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read metrics endpoints file %s: %s", self.endpoints_file, exc)
+            return None
+        urls = table.get(f"{namespace}/{name}")
+        return list(urls) if urls is not None else None
+
+    def pod_endpoints(self, cr: Mapping[str, Any]) -> list[str]:
+        meta = cr["metadata"]
+        selector = f"{n.LABEL_DEPLOYMENT}={n.label_value(meta['name'])},app.kubernetes.io/component={n.COMPONENT_MODEL}"
+        urls = []
+        for pod in self.kube.list("Pod", meta["namespace"], selector):
+            status = pod.get("status") or {}
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+            if ready and status.get("podIP"):
+                urls.append(f"http://{status['podIP']}:{SIDECAR_PORT}/metrics")
+        return urls
+
+    def _scrape(self, urls: list[str]) -> list[str]:
+        import httpx
+
+        texts = []
+        failures = []
+        with httpx.Client(timeout=self.timeout) as client:
+            for url in urls:
+                try:
+                    resp = client.get(url)
+                    resp.raise_for_status()
+                    texts.append(resp.text)
+                except httpx.HTTPError as exc:
+                    failures.append(f"{url}: {type(exc).__name__}")
+        if failures:
+            log.warning("scrape failures: %s", "; ".join(failures))
+        if urls and not texts:
+            raise CollectError("no sidecar answered: " + "; ".join(failures))
+        return texts
+
+    def _prometheus_text(self, cr: Mapping[str, Any]) -> str:
+        """Instant query for the deployment's pods' mlops_* series, rendered as exposition text."""
+        import httpx
+
+        meta = cr["metadata"]
+        query = (
+            f'{{__name__=~"mlops_.*",namespace="{meta["namespace"]}",'
+            f'{self.prometheus_pod_label}=~"{n.dns_label(meta["name"])}-.*"}}'
+        )
+        try:
+            resp = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": query}, timeout=self.timeout)
+            resp.raise_for_status()
+            payload = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise CollectError(f"prometheus query failed: {exc}") from exc
+        lines = []
+        for series in payload.get("data", {}).get("result", []):
+            labels = dict(series.get("metric", {}))
+            name = labels.pop("__name__", "")
+            body = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+            lines.append(f"{name}{{{body}}} {series['value'][1]}")
+        return "\n".join(lines) + "\n"
+
+    # ---- profile ---------------------------------------------------------------------------------
+    def baseline_profile(self, cr: Mapping[str, Any], spec: Mapping[str, Any]) -> Any:
+        ref = spec.get("baselineProfileRef")
+        if not ref:
+            return None
+        ns = cr["metadata"]["namespace"]
+        cm = self.kube.get("ConfigMap", ns, ref["configMapName"])
+        if cm is None:
+            log.warning("baseline profile ConfigMap %s/%s not found", ns, ref["configMapName"])
+            return None
+        text = (cm.get("data") or {}).get(ref.get("key", "profile.json"))
+        if not text:
+            return None
+        key = (ns, ref["configMapName"], ref.get("key", "profile.json"))
+        cached = self._profiles.get(key)
+        if cached and cached[0] == text:
+            return cached[1]
+        from mlops.core.profile import BaselineProfile
+
+        profile = BaselineProfile.from_dict(json.loads(text))
+        self._profiles[key] = (text, profile)
+        return profile
+
+    # ---- the whole thing -------------------------------------------------------------------------
+    def collect(self, cr: Mapping[str, Any], spec: Mapping[str, Any], collected_at: str) -> dict[str, Any] | None:
+        """status.metrics for ``cr``, or None when there is nothing to scrape yet."""
+        from mlops.serving.sidecar_metrics import merge_snapshots, parse_metrics, summarize
+
+        meta = cr["metadata"]
+        urls = self.override_endpoints(meta["namespace"], meta["name"])
+        if urls is not None:
+            texts = self._scrape(urls)
+        elif self.prometheus_url:
+            texts = [self._prometheus_text(cr)]
+        else:
+            texts = self._scrape(self.pod_endpoints(cr))
+        if not texts:
+            return None
+        snapshot = merge_snapshots(parse_metrics(t) for t in texts)
+        profile = self.baseline_profile(cr, spec)
+        summary = summarize(snapshot, profile, spec["monitoring"].get("baselineAccuracy"))
+        return to_status_metrics(summary, collected_at)
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,456 @@
+"""Pure builder: a ModelDeployment (+ what was observed in the cluster) -> the objects it should own.
+
+``plan(cr, observed)`` decides which versions are served and with which artifact, and returns the
+manifests; ``desired_objects(cr, observed)`` is just its object list. No cluster I/O happens here, so
+the whole mapping is tested against golden manifests.
+
+Artifact safety: a version whose artifact failed the operator's own sha256 check keeps the artifact
+it was last rolled out with (read from its Deployment's annotations), so the previous build keeps
+serving; a version that never had a good artifact is not rolled out at all, and if it is the stable
+version the router keeps sending traffic to the previously stable one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlops.operator.resources import naming as n
+from mlops.operator.resources.spec import InvalidSpec, normalize_spec
+from mlops.serving.routing_table import ExperimentRoute, RoutingTable, VersionRoute
+
+MODEL_PORT = 8080
+SIDECAR_PORT = 9090
+ROUTER_PORT = 8080
+SERVICE_PORT = 80
+RUN_AS_USER = 10001
+MODEL_DIR = "/models"
+PROFILE_DIR = "/etc/mlops/profile"
+ROUTING_DIR = "/etc/mlops/routing"
+
+# The init container: download the artifact (file:// or http(s)://), verify its sha256, and only then
+# move it where the model container reads it. Standard library only, so it runs in the plain image.
+FETCH_SCRIPT = """\
+import hashlib, os, shutil, sys, urllib.parse, urllib.request
+uri, want, dest = sys.argv[1:4]
+tmp = dest + ".part"
+scheme = urllib.parse.urlparse(uri).scheme
+if scheme == "file":
+    src = open(urllib.parse.unquote(urllib.parse.urlparse(uri).path), "rb")
+elif scheme in ("http", "https"):
+    src = urllib.request.urlopen(uri, timeout=60)
+else:
+    sys.exit(f"fetch-artifact: scheme {scheme!r} needs a pre-populated volume or a custom init image")
+digest = hashlib.sha256()
+with src, open(tmp, "wb") as out:
+    for chunk in iter(lambda: src.read(1 << 20), b""):
+        digest.update(chunk)
+        out.write(chunk)
+if digest.hexdigest() != want.lower():
+    os.remove(tmp)
+    sys.exit(f"fetch-artifact: sha256 mismatch for {uri}: got {digest.hexdigest()}, want {want}")
+os.replace(tmp, dest)
+print(f"fetch-artifact: {uri} verified ({want})")
+"""
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    """The operator's verdict on one version's artifact: ok True/False, or None when unverifiable."""
+
+    ok: bool | None
+    reason: str = ""
+
+
+@dataclass
+class Observed:
+    """What the handlers read from the cluster before building (all optional)."""
+
+    artifact_checks: dict[str, ArtifactCheck] = field(default_factory=dict)
+    # version -> {"uri", "sha256", "format"} read from the existing Deployment's annotations
+    deployed_artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
+    previous_stable: str | None = None
+    experiment: dict[str, Any] | None = None
+    cluster_domain: str = "cluster.local"
+
+
+@dataclass
+class Plan:
+    objects: list[dict[str, Any]]
+    spec: dict[str, Any]
+    served_versions: list[str]
+    # versions not rolled out or held at their previous artifact -> reason
+    held_versions: dict[str, str]
+    effective_stable: str | None
+    url: str
+
+
+def owner_reference(cr: Mapping[str, Any]) -> dict[str, Any]:
+    meta = cr["metadata"]
+    return {
+        "apiVersion": n.API_VERSION,
+        "kind": n.KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(cr: Mapping[str, Any], name: str, labels: dict[str, str], annotations=None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": cr["metadata"]["namespace"],
+        "labels": labels,
+        "ownerReferences": [owner_reference(cr)],
+    }
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+SIDECAR_RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+INIT_RESOURCES = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}
+
+
+def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, str]) -> dict[str, Any]:
+    name = cr["metadata"]["name"]
+    vname = version["name"]
+    obj_name = n.version_object_name(name, vname)
+    labels = {**n.common_labels(name, n.COMPONENT_MODEL), **n.version_selector_labels(name, vname)}
+    labels["app.kubernetes.io/version"] = n.label_value(vname)
+    fmt = artifact.get("format", "skops")
+    model_file = f"{MODEL_DIR}/model.{fmt}"
+    annotations = {
+        n.ANN_ARTIFACT_URI: artifact["uri"],
+        n.ANN_ARTIFACT_SHA256: artifact["sha256"],
+        n.ANN_ARTIFACT_FORMAT: fmt,
+        n.ANN_VERSION: vname,
+    }
+    image = spec["image"]
+    pull = spec["imagePullPolicy"]
+    env = [
+        {"name": "MLOPS_HOME", "value": "/var/lib/mlops"},
+        {"name": "MLOPS_MODEL_NAME", "value": spec["modelName"]},
+        {"name": "MLOPS_MODEL_VERSION", "value": vname},
+    ]
+    if spec["featureSchema"]:
+        env.append({"name": "MLOPS_FEATURE_SCHEMA", "value": json.dumps(spec["featureSchema"], sort_keys=True)})
+    serve_args = [
+        "serve",
+        "--host", "0.0.0.0",
+        "--port", str(MODEL_PORT),
+        "--model-name", spec["modelName"],
+        "--model-uri", f"file://{model_file}",
+        "--sha256", artifact["sha256"],
+        "--format", fmt,
+        "--version", vname,
+        "--sidecar-url", f"http://127.0.0.1:{SIDECAR_PORT}",
+    ]
+    sidecar_args = [
+        "sidecar",
+        "--host", "0.0.0.0",
+        "--port", str(SIDECAR_PORT),
+        "--model-name", spec["modelName"],
+    ]
+    if spec["monitoring"].get("baselineAccuracy") is not None:
+        sidecar_args += ["--baseline-accuracy", str(spec["monitoring"]["baselineAccuracy"])]
+    volumes: list[dict[str, Any]] = [
+        {"name": "model", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "state", "emptyDir": {}},
+    ]
+    monitor_mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "state", "mountPath": "/var/lib/mlops"}]
+    ref = spec.get("baselineProfileRef")
+    if ref:
+        volumes.append({"name": "profile", "configMap": {"name": ref["configMapName"]}})
+        monitor_mounts.append({"name": "profile", "mountPath": PROFILE_DIR, "readOnly": True})
+        sidecar_args += ["--profile", f"{PROFILE_DIR}/{ref['key']}"]
+    probe_common = {"periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
+    containers = [
+        {
+            "name": "model",
+            "image": image,
+            "imagePullPolicy": pull,
+            "args": serve_args,
+            "env": env,
+            "ports": [{"name": "http", "containerPort": MODEL_PORT, "protocol": "TCP"}],
+            "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, **probe_common},
+            "livenessProbe": {
+                "httpGet": {"path": "/health", "port": "http"},
+                "initialDelaySeconds": 10,
+                **probe_common,
+            },
+            "resources": version.get("resources") or {},
+            "securityContext": _container_security(),
+            "volumeMounts": [
+                {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "state", "mountPath": "/var/lib/mlops"},
+            ],
+        },
+        {
+            "name": "monitor",
+            "image": image,
+            "imagePullPolicy": pull,
+            "args": sidecar_args,
+            "env": [{"name": "MLOPS_HOME", "value": "/var/lib/mlops"}],
+            "ports": [{"name": "metrics", "containerPort": SIDECAR_PORT, "protocol": "TCP"}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, **probe_common},
+            "livenessProbe": {
+                "httpGet": {"path": "/healthz", "port": "metrics"},
+                "initialDelaySeconds": 10,
+                **probe_common,
+            },
+            "resources": SIDECAR_RESOURCES,
+            "securityContext": _container_security(),
+            "volumeMounts": monitor_mounts,
+        },
+    ]
+    init = {
+        "name": "fetch-artifact",
+        "image": image,
+        "imagePullPolicy": pull,
+        "command": ["python", "-c", FETCH_SCRIPT, artifact["uri"], artifact["sha256"], model_file],
+        "resources": INIT_RESOURCES,
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(cr, obj_name, labels, annotations),
+        "spec": {
+            "replicas": int(version["replicas"]),
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": n.version_selector_labels(name, vname)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        **annotations,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(SIDECAR_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": n.service_account_name(name),
+                    "automountServiceAccountToken": False,
+                    "securityContext": _pod_security(),
+                    "initContainers": [init],
+                    "containers": containers,
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def _version_service(cr, vname: str) -> dict[str, Any]:
+    name = cr["metadata"]["name"]
+    labels = {**n.common_labels(name, n.COMPONENT_MODEL), **n.version_selector_labels(name, vname)}
+    labels["app.kubernetes.io/version"] = n.label_value(vname)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(cr, n.version_object_name(name, vname), labels),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": n.version_selector_labels(name, vname),
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "metrics", "port": SIDECAR_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def routing_table(cr, spec, served: list[str], stable: str, observed: Observed) -> RoutingTable:
+    name = cr["metadata"]["name"]
+    ns = cr["metadata"]["namespace"]
+    versions = {
+        v: VersionRoute(
+            url=f"http://{n.version_object_name(name, v)}.{ns}.svc:{SERVICE_PORT}",
+            weight=1.0 if v == stable else 0.0,
+        )
+        for v in served
+    }
+    experiment = None
+    exp = observed.experiment
+    if exp and exp.get("control") in versions and exp.get("treatment") in versions:
+        experiment = ExperimentRoute.model_validate(exp)
+    return RoutingTable(
+        model=spec["modelName"],
+        stable_version=stable,
+        versions=versions,
+        experiment=experiment,
+        user_key_header=spec["routing"]["userKeyHeader"],
+    )
+
+
+def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
+    name = cr["metadata"]["name"]
+    labels = n.common_labels(name, n.COMPONENT_ROUTER)
+    cm_name = n.routing_configmap_name(name)
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(cr, cm_name, labels),
+        "data": {"routing.json": table.to_json()},
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(cr, n.router_name(name), labels),
+        "spec": {
+            "replicas": 1,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": n.router_selector_labels(name)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": n.service_account_name(name),
+                    "automountServiceAccountToken": False,
+                    "securityContext": _pod_security(),
+                    "containers": [
+                        {
+                            "name": "router",
+                            "image": spec["image"],
+                            "imagePullPolicy": spec["imagePullPolicy"],
+                            "args": [
+                                "route",
+                                "--host", "0.0.0.0",
+                                "--port", str(ROUTER_PORT),
+                                "--table", f"{ROUTING_DIR}/routing.json",
+                            ],
+                            "env": [{"name": "MLOPS_HOME", "value": "/var/lib/mlops"}],
+                            "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/health", "port": "http"},
+                                "periodSeconds": 10,
+                                "timeoutSeconds": 2,
+                            },
+                            "livenessProbe": {
+                                "httpGet": {"path": "/health", "port": "http"},
+                                "initialDelaySeconds": 10,
+                                "periodSeconds": 10,
+                                "timeoutSeconds": 2,
+                            },
+                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+                            "securityContext": _container_security(),
+                            "volumeMounts": [
+                                {"name": "routing", "mountPath": ROUTING_DIR, "readOnly": True},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                {"name": "state", "mountPath": "/var/lib/mlops"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "routing", "configMap": {"name": cm_name}},
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "state", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(cr, n.router_name(name), labels),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": n.router_selector_labels(name),
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    return [configmap, deployment, service]
+
+
+def _service_account(cr) -> dict[str, Any]:
+    name = cr["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(cr, n.service_account_name(name), n.common_labels(name, n.COMPONENT_MODEL)),
+        "automountServiceAccountToken": False,
+    }
+
+
+def plan(cr: Mapping[str, Any], observed: Observed | None = None) -> Plan:
+    """Decide what to serve and build every manifest. Raises InvalidSpec for unusable specs."""
+    observed = observed or Observed()
+    spec = normalize_spec(cr.get("spec") or {})
+    name = cr["metadata"]["name"]
+    ns = cr["metadata"]["namespace"]
+    slugs: dict[str, str] = {}
+    for v in spec["versions"]:
+        slug = n.version_object_name(name, v["name"])
+        if slug in slugs.values() or slug == n.router_name(name) or slug == n.routing_configmap_name(name):
+            raise InvalidSpec(f"version {v['name']!r} maps to object name {slug!r}, which is already taken")
+        slugs[v["name"]] = slug
+
+    served: list[str] = []
+    held: dict[str, str] = {}
+    version_objects: list[dict[str, Any]] = []
+    for v in spec["versions"]:
+        vname = v["name"]
+        wanted = {k: str(v["artifact"][k]) for k in ("uri", "sha256", "format")}
+        check = observed.artifact_checks.get(vname, ArtifactCheck(None))
+        artifact = wanted
+        if check.ok is False:
+            previous = observed.deployed_artifacts.get(vname)
+            if not previous:
+                held[vname] = f"{check.reason}; not rolled out"
+                continue
+            artifact = {"format": "skops", **previous}
+            held[vname] = f"{check.reason}; keeping the artifact already rolled out ({previous['sha256'][:12]})"
+        served.append(vname)
+        version_objects.append(_version_deployment(cr, spec, v, artifact))
+        version_objects.append(_version_service(cr, vname))
+
+    stable = spec["stableVersion"]
+    if stable not in served:
+        stable = observed.previous_stable if observed.previous_stable in served else (served[0] if served else None)
+    objects: list[dict[str, Any]] = [_service_account(cr)]
+    if stable is not None:
+        objects += _router_objects(cr, spec, routing_table(cr, spec, served, stable, observed))
+    objects += version_objects
+    return Plan(
+        objects=objects,
+        spec=spec,
+        served_versions=served,
+        held_versions=held,
+        effective_stable=stable,
+        url=f"http://{n.router_name(name)}.{ns}.svc.{observed.cluster_domain}",
+    )
+
+
+def desired_objects(cr: Mapping[str, Any], observed: Observed | None = None) -> list[dict[str, Any]]:
+    """Every object the ModelDeployment should own, in apply order (dependencies first)."""
+    return plan(cr, observed).objects

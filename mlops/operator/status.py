@@ -1,0 +1,215 @@
+"""Pure status computation: observed objects + plan (+ collected metrics) -> the status to write.
+
+Kept free of I/O and clocks (``now`` is passed in as an RFC 3339 string) so every phase/condition
+transition is unit-tested without a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mlops.operator.resources import naming as n
+
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Drifting")
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    ctype: str,
+    status: bool,
+    reason: str,
+    message: str,
+    *,
+    now: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """Return ``conditions`` with ``ctype`` set; lastTransitionTime only moves when status flips."""
+    value = "True" if status else "False"
+    out: list[dict[str, Any]] = []
+    found = False
+    for cond in conditions:
+        cond = dict(cond)
+        if cond.get("type") == ctype:
+            found = True
+            if cond.get("status") != value:
+                cond["lastTransitionTime"] = now
+            cond.update(status=value, reason=reason, message=message[:1024])
+            if generation is not None:
+                cond["observedGeneration"] = generation
+        out.append(cond)
+    if not found:
+        cond = {"type": ctype, "status": value, "reason": reason, "message": message[:1024], "lastTransitionTime": now}
+        if generation is not None:
+            cond["observedGeneration"] = generation
+        out.append(cond)
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    return sorted(out, key=lambda c: order.get(c["type"], len(order)))
+
+
+def condition_status(conditions: Sequence[Mapping[str, Any]], ctype: str) -> str | None:
+    for cond in conditions:
+        if cond.get("type") == ctype:
+            return cond.get("status")
+    return None
+
+
+def _ready(dep: Mapping[str, Any] | None, want: int) -> tuple[int, bool]:
+    """(ready replicas, rollout complete) of an observed Deployment."""
+    if not dep:
+        return 0, False
+    st = dep.get("status") or {}
+    ready = int(st.get("readyReplicas") or 0)
+    updated = int(st.get("updatedReplicas") or 0)
+    total = int(st.get("replicas") or 0)
+    current = st.get("observedGeneration", 0) >= (dep.get("metadata") or {}).get("generation", 0)
+    return ready, current and ready >= want and updated >= want and total <= want
+
+
+def reconcile_status(
+    cr: Mapping[str, Any],
+    *,
+    plan: Any | None,
+    error: str | None,
+    deployments: Mapping[str, Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    """Status fields owned by reconciliation (everything except metrics/alerts/Drifting).
+
+    ``plan`` is the builder's Plan (None when the spec was unusable, then ``error`` says why);
+    ``deployments`` maps Deployment name -> the observed Deployment object.
+    """
+    meta = cr["metadata"]
+    generation = meta.get("generation")
+    old = cr.get("status") or {}
+    conditions = list(old.get("conditions") or [])
+    status: dict[str, Any] = {"observedGeneration": generation}
+    if plan is None:
+        conditions = set_condition(conditions, "Ready", False, "InvalidSpec", error or "invalid spec", now=now, generation=generation)
+        conditions = set_condition(conditions, "Progressing", False, "InvalidSpec", error or "", now=now, generation=generation)
+        conditions = set_condition(conditions, "Degraded", True, "InvalidSpec", error or "", now=now, generation=generation)
+        status.update(phase="Failed", conditions=conditions)
+        return status
+
+    name = meta["name"]
+    versions_status = []
+    all_complete = True
+    any_ready = False
+    pending: list[str] = []
+    for v in plan.spec["versions"]:
+        vname = v["name"]
+        want = int(v["replicas"])
+        dep = deployments.get(n.version_object_name(name, vname))
+        ready, complete = _ready(dep, want)
+        entry = {"name": vname, "replicas": want, "readyReplicas": ready, "sha256": v["artifact"]["sha256"]}
+        if dep:
+            entry["sha256"] = ((dep.get("metadata") or {}).get("annotations") or {}).get(n.ANN_ARTIFACT_SHA256, entry["sha256"])
+        versions_status.append(entry)
+        if vname in plan.served_versions:
+            any_ready = any_ready or ready > 0
+            if not complete:
+                all_complete = False
+                pending.append(f"{vname} {ready}/{want}")
+    router_ready, router_complete = _ready(deployments.get(n.router_name(name)), 1)
+    if plan.effective_stable is not None and not router_complete:
+        all_complete = False
+        pending.append(f"router {router_ready}/1")
+
+    held = plan.held_versions
+    degraded = bool(held)
+    if degraded:
+        message = "; ".join(f"{v}: {why}" for v, why in sorted(held.items()))
+        conditions = set_condition(conditions, "Degraded", True, "ArtifactVerificationFailed", message, now=now, generation=generation)
+    else:
+        conditions = set_condition(conditions, "Degraded", False, "AsExpected", "all versions verified", now=now, generation=generation)
+    if all_complete and plan.served_versions:
+        conditions = set_condition(conditions, "Progressing", False, "RolloutComplete", "all replicas updated and ready", now=now, generation=generation)
+        conditions = set_condition(conditions, "Ready", True, "AllReplicasReady", f"serving {plan.effective_stable} at {plan.url}", now=now, generation=generation)
+    else:
+        msg = "waiting for " + ", ".join(pending) if pending else "no version can be served"
+        conditions = set_condition(conditions, "Progressing", bool(plan.served_versions), "RollingOut" if plan.served_versions else "NothingToServe", msg, now=now, generation=generation)
+        conditions = set_condition(conditions, "Ready", False, "ReplicasNotReady" if plan.served_versions else "NothingToServe", msg, now=now, generation=generation)
+
+    if not plan.served_versions:
+        phase = "Failed"
+    elif degraded:
+        phase = "Degraded"
+    elif all_complete:
+        phase = "Ready"
+    elif any_ready or deployments:
+        phase = "Progressing"
+    else:
+        phase = "Pending"
+    status.update(
+        phase=phase,
+        conditions=conditions,
+        url=plan.url,
+        currentVersion=plan.effective_stable,
+        versions=versions_status,
+    )
+    return status
+
+
+def evaluate_alerts(
+    metrics: Mapping[str, Any],
+    thresholds: Mapping[str, float],
+    baseline_accuracy: float | None,
+) -> list[dict[str, str]]:
+    """Alerts (severity, type, message) for collected metrics against the spec's thresholds."""
+    alerts: list[dict[str, str]] = []
+
+    def add(severity: str, kind: str, message: str) -> None:
+        alerts.append({"severity": severity, "type": kind, "message": message})
+
+    acc = metrics.get("accuracy")
+    if acc is not None and baseline_accuracy is not None:
+        drop = baseline_accuracy - acc
+        if drop >= thresholds["criticalAccuracyDrop"]:
+            add("CRITICAL", "AccuracyDrop", f"accuracy {acc:.4f} is {drop:.4f} below baseline {baseline_accuracy:.4f}")
+        elif drop >= thresholds["warningAccuracyDrop"]:
+            add("WARNING", "AccuracyDrop", f"accuracy {acc:.4f} is {drop:.4f} below baseline {baseline_accuracy:.4f}")
+    err = metrics.get("errorRate")
+    if err is not None:
+        if err >= thresholds["criticalErrorRate"]:
+            add("CRITICAL", "ErrorRate", f"error rate {err:.4f} >= {thresholds['criticalErrorRate']}")
+        elif err >= thresholds["warningErrorRate"]:
+            add("WARNING", "ErrorRate", f"error rate {err:.4f} >= {thresholds['warningErrorRate']}")
+    p95 = metrics.get("latencyP95Ms")
+    if p95 is not None:
+        if p95 >= thresholds["criticalLatencyMs"]:
+            add("CRITICAL", "Latency", f"p95 latency {p95:.1f} ms >= {thresholds['criticalLatencyMs']} ms")
+        elif p95 >= thresholds["warningLatencyMs"]:
+            add("WARNING", "Latency", f"p95 latency {p95:.1f} ms >= {thresholds['warningLatencyMs']} ms")
+    drift = metrics.get("driftScore")
+    drifted = list(metrics.get("driftedFeatures") or [])
+    if drifted or (drift is not None and drift >= thresholds["driftThreshold"]):
+        add("WARNING", "Drift", f"drift score {drift if drift is not None else float('nan'):.4f}; drifted features: {', '.join(drifted) or 'none'}")
+    dq = metrics.get("dataQuality")
+    if dq is not None and dq < thresholds["dataQualityThreshold"]:
+        add("WARNING", "DataQuality", f"data quality {dq:.4f} < {thresholds['dataQualityThreshold']}")
+    return alerts
+
+
+def metrics_status(
+    cr: Mapping[str, Any],
+    *,
+    metrics: Mapping[str, Any],
+    thresholds: Mapping[str, float],
+    baseline_accuracy: float | None,
+    now: str,
+) -> dict[str, Any]:
+    """Status fields owned by the metrics timer: metrics, alerts, and the Drifting condition."""
+    generation = (cr.get("metadata") or {}).get("generation")
+    conditions = list((cr.get("status") or {}).get("conditions") or [])
+    alerts = evaluate_alerts(metrics, thresholds, baseline_accuracy)
+    drifted = list(metrics.get("driftedFeatures") or [])
+    score = metrics.get("driftScore")
+    drifting = bool(drifted) or (score is not None and score >= thresholds["driftThreshold"])
+    if drifting:
+        msg = f"drift score {score}; drifted features: {', '.join(drifted) or 'none named'}"
+        conditions = set_condition(conditions, "Drifting", True, "FeatureDrift", msg, now=now, generation=generation)
+    elif metrics.get("predictions"):
+        conditions = set_condition(conditions, "Drifting", False, "NoDrift", f"drift score {score}", now=now, generation=generation)
+    else:
+        conditions = set_condition(conditions, "Drifting", False, "NoTraffic", "no predictions collected yet", now=now, generation=generation)
+    return {"metrics": dict(metrics), "alerts": alerts, "conditions": conditions}
