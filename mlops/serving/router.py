@@ -326,12 +326,17 @@ class RouterApp:
                 if isinstance(item, dict) and item.get("variant") is None and self.table.experiment is not None:
                     item["variant"] = variants[version]
                 merged[i] = item
+            latency_ms = max(extra.get("latency_ms", 0.0), data.get("latency_ms") or 0.0)
             extra.update({k: v for k, v in data.items() if k != "predictions"})
+            if "latency_ms" in data:
+                extra["latency_ms"] = latency_ms  # the parts ran concurrently: the slowest one counts
             self.metrics.requests.labels(version, variants[version]).inc()
         elapsed = self._clock() - started
         for version in groups:
             self.metrics.latency.labels(version, variants[version]).observe(elapsed)
         extra.pop("model_version", None)
+        if "count" in extra:
+            extra["count"] = len(merged)
         extra["predictions"] = merged
         await _respond(send, 200, orjson.dumps(extra), _JSON)
 
