@@ -374,11 +374,16 @@ def srm_check(n_a: int, n_b: int, expected_share_b: float, alpha: float = 0.001)
     _check_alpha(alpha)
     if n_a < 0 or n_b < 0:
         raise ValueError("arm sizes must be non-negative")
-    if not 0.0 < expected_share_b < 1.0:
-        raise ValueError(f"expected_share_b must be in (0, 1), got {expected_share_b!r}")
+    if not 0.0 <= expected_share_b <= 1.0:
+        raise ValueError(f"expected_share_b must be in [0, 1], got {expected_share_b!r}")
     total = n_a + n_b
     if total == 0:
         return SRMCheck(0, 0, expected_share_b, None, 0.0, 1.0, alpha, False)
+    if expected_share_b in (0.0, 1.0):
+        # a degenerate split: any unit in the arm that should be empty is a mismatch
+        impossible = n_b if expected_share_b == 0.0 else n_a
+        return SRMCheck(int(n_a), int(n_b), expected_share_b, n_b / total, math.inf if impossible else 0.0,
+                        0.0 if impossible else 1.0, alpha, bool(impossible))
     expected = [total * (1 - expected_share_b), total * expected_share_b]
     result = stats.chisquare([n_a, n_b], f_exp=expected)
     p_value = float(result.pvalue)
@@ -471,6 +476,7 @@ def decide(
     min_samples_per_variant: int = 0, practical_threshold: float = 0.0, srm_alpha: float = 0.001,
     tau: float | None = None, prior_p_value: float | None = None,
     guardrails: Sequence[NonInferiorityTest] = (), metric: str = "accuracy",
+    srm_counts: tuple[int, int] | None = None, srm_expected_share: float | None = None,
 ) -> Verdict:
     """Combine SRM, minimum samples, the always-valid test, practical significance and guardrails.
 
@@ -479,6 +485,9 @@ def decide(
     ``practical_threshold`` (absolute) or failing a guardrail is not a winner; a significant
     degradation makes control the winner; no significance before the planned sample size is
     inconclusive ("need N more samples"), after it there is no winner.
+
+    The SRM check runs on ``srm_counts`` (units of randomisation, e.g. distinct users per arm) when
+    given, else on the analysed sample sizes, against ``srm_expected_share`` (default: the split).
     """
     _check_alpha(alpha)
     if mde <= 0:
@@ -486,7 +495,9 @@ def decide(
     tau = tau if tau is not None else mde
     fixed = analyze_proportions(successes_a, n_a, successes_b, n_b, alpha)
     seq = sequential_proportions(successes_a, n_a, successes_b, n_b, alpha, tau, prior_p_value)
-    srm = srm_check(n_a, n_b, treatment_share, srm_alpha)
+    srm_a, srm_b = srm_counts if srm_counts is not None else (n_a, n_b)
+    expected = srm_expected_share if srm_expected_share is not None else treatment_share
+    srm = srm_check(srm_a, srm_b, expected, srm_alpha)
     baseline = fixed.rate_a if fixed.rate_a is not None and 0.0 < fixed.rate_a < 1.0 else 0.5
     baseline = min(max(baseline, 0.01), 0.99)
     effect = mde if baseline + mde < 1.0 else -mde
@@ -510,16 +521,17 @@ def decide(
     if srm.mismatch:
         return verdict(
             "sample_ratio_mismatch", None,
-            f"Sample ratio mismatch: observed treatment share {srm.observed_share_b:.3f} vs configured "
-            f"{treatment_share:.3f} (chi-square p={srm.p_value:.2g}); assignment or logging is broken, "
+            f"Sample ratio mismatch: observed treatment share {srm.observed_share_b:.3f} vs expected "
+            f"{expected:.3f} (chi-square p={srm.p_value:.2g}); assignment or logging is broken, "
             "so no verdict is given until it is fixed.",
         )
-    short = max(0, min_samples_per_variant - n_a, min_samples_per_variant - n_b)
-    if short > 0:
+    plan_text = (f"planned {need_c} control / {need_t} treatment to detect {mde:g} at power {power:g}"
+                 if plan else f"minimum {min_samples_per_variant}")
+    if n_a < min_samples_per_variant or n_b < min_samples_per_variant:
         return verdict(
             "inconclusive", None,
-            f"Inconclusive: need {short} more samples per variant to reach the minimum of "
-            f"{min_samples_per_variant} (have {n_a} control, {n_b} treatment).",
+            f"Inconclusive: need {more} more samples per variant (have {n_a} control, {n_b} treatment; "
+            f"minimum {min_samples_per_variant}, {plan_text}).",
             sig=False, prac=False,
         )
     if significant and diff > 0:
@@ -552,8 +564,8 @@ def decide(
     if more > 0:
         return verdict(
             "inconclusive", None,
-            f"Inconclusive: need {more} more samples per variant (planned {needed} per variant to detect "
-            f"{mde:g} at power {power:g}); no significant difference yet (always-valid p={seq.p_value:.3g}).",
+            f"Inconclusive: need {more} more samples per variant ({plan_text}); no significant "
+            f"difference yet (always-valid p={seq.p_value:.3g}).",
         )
     return verdict(
         "no_winner", None,

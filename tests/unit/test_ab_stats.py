@@ -140,7 +140,9 @@ def test_holm_adjustment():
 def test_verdict_inconclusive_below_minimum_samples_says_how_many_more():
     v = decide(120, 150, 140, 150, min_samples_per_variant=1000)
     assert v.status == "inconclusive" and v.winner is None
-    assert "need 850 more samples" in v.recommendation
+    assert v.more_samples_needed >= 850
+    assert f"need {v.more_samples_needed} more samples" in v.recommendation
+    assert not v.statistically_significant
 
 
 def test_verdict_control_wins_on_a_significant_degradation():
