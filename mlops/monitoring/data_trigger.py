@@ -315,7 +315,8 @@ class DataDrivenRetrainingTrigger:
 
     ``clock`` returns a datetime or epoch seconds (default ``time.time``); ``sleep(seconds)``
     replaces the background loop's wait (default: a wait that :meth:`wake` and
-    :meth:`stop_monitoring` interrupt).
+    :meth:`stop_monitoring` interrupt). ``remember_config=False`` keeps the config stored for the
+    CLI (the last one a trigger of this model ran with) unchanged.
     """
 
     def __init__(
@@ -328,6 +329,7 @@ class DataDrivenRetrainingTrigger:
         clock: Clock = time.time,
         sleep: Callable[[float], Any] | None = None,
         store: rs.RetrainStore | None = None,
+        remember_config: bool = True,
     ) -> None:
         if not isinstance(model_name, str) or not model_name.strip():
             raise ValueError("model_name must be a non-empty string")
@@ -349,9 +351,11 @@ class DataDrivenRetrainingTrigger:
 
         now = self._now()
         self._first_start = float(self._store.set_meta("first_start", repr(now), only_if_missing=True))
-        self._store.set_meta("config", rs.canonical_json(self.config.to_dict()))
+        if remember_config:
+            self._store.set_meta("config", rs.canonical_json(self.config.to_dict()))
         self._reap_stale_runs(now)
-        self._scanner.initialize(now)
+        if self.config.data_directories:
+            self._scanner.initialize(now)
 
     # ------------------------------------------------------------------ properties
     @property
