@@ -10,14 +10,17 @@ clock: the monitor measures, this module decides. The guide's "Alert Types" list
 - WARNING: accuracy drop in (warning, critical], error rate in (warning, critical], latency in
   (warning, critical], feature drift detected on more than ``drift_threshold`` of the columns
   (``feature_drift``).
-- INFO: minor performance fluctuation (accuracy down by more than half the warning drop,
-  ``accuracy_fluctuation``), feature drift detected on a share of columns at or below
+- INFO: minor performance fluctuation (``accuracy_fluctuation``: accuracy down by more than the
+  warning drop, but not significantly so, see below), feature drift detected on a share of columns at or below
   ``drift_threshold``, data quality score below ``data_quality_threshold`` (``data_quality``).
   "New data availability" belongs to the retraining trigger (``mlops.monitoring.data_trigger``).
 
 Accuracy drops are absolute (0.05 = five percentage points) and only judged once at least
-``min_labelled_for_accuracy`` labelled predictions are in the window: ten labels cannot tell a
-two-point drop from noise.
+``min_labelled_for_accuracy`` labelled predictions are in the window. The monitor also tells
+(``AlertInputs.accuracy_drop_significant``) whether a one-sided test finds accuracy below the
+baseline at all: on 200 labels at 90% accuracy the standard error is two points, so a two-point
+"drop" is as often noise as not. A drop past a threshold that the test cannot distinguish from
+noise is an INFO fluctuation, not a WARNING or CRITICAL.
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ class AlertConfig:
     data_quality_threshold: float = 0.95
     cooldown_seconds: float = 300.0
     min_labelled_for_accuracy: int = 30
+    # One-sided test "accuracy is below the baseline" that a drop must pass to be more than INFO:
+    # the false-alarm rate of accuracy alerts per evaluated batch or window.
+    accuracy_significance_level: float = 0.01
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -80,7 +86,8 @@ class AlertConfig:
             if value < 0:
                 raise ValueError(f"{f.name}: must be >= 0, got {value!r}")
         for name in ("critical_accuracy_drop", "warning_accuracy_drop", "critical_error_rate",
-                     "warning_error_rate", "drift_threshold", "data_quality_threshold"):
+                     "warning_error_rate", "drift_threshold", "data_quality_threshold",
+                     "accuracy_significance_level"):
             if getattr(self, name) > 1:
                 raise ValueError(f"{name}: must be a fraction between 0 and 1, got {getattr(self, name)!r}")
         for warning, critical in (
@@ -109,6 +116,7 @@ class AlertInputs:
     drifted_features: tuple[str, ...] = ()
     concept_drift_detected: bool = False
     data_quality_score: float | None = None
+    accuracy_drop_significant: bool | None = None  # None: not tested, judge by magnitude alone
 
 
 @dataclass(frozen=True)
@@ -137,14 +145,15 @@ def evaluate_alerts(inputs: AlertInputs, config: AlertConfig) -> list[Alert]:
             f"accuracy {inputs.accuracy:.3f} is {drop:.3f} below the baseline "
             f"{inputs.baseline_accuracy:.3f} ({inputs.labelled_count} labelled predictions)"
         )
-        if _exceeds(drop, config.critical_accuracy_drop):
+        if not _exceeds(drop, config.warning_accuracy_drop):
+            pass
+        elif inputs.accuracy_drop_significant is False:
+            alerts.append(Alert(ACCURACY_FLUCTUATION, INFO, detail + ", within noise", inputs.accuracy,
+                                config.warning_accuracy_drop))
+        elif _exceeds(drop, config.critical_accuracy_drop):
             alerts.append(Alert(ACCURACY_DROP, CRITICAL, detail, inputs.accuracy, config.critical_accuracy_drop))
-        elif _exceeds(drop, config.warning_accuracy_drop):
+        else:
             alerts.append(Alert(ACCURACY_DROP, WARNING, detail, inputs.accuracy, config.warning_accuracy_drop))
-        elif _exceeds(drop, config.warning_accuracy_drop / 2):
-            alerts.append(
-                Alert(ACCURACY_FLUCTUATION, INFO, detail, inputs.accuracy, config.warning_accuracy_drop / 2)
-            )
     if inputs.error_rate is not None:
         detail = f"error rate {inputs.error_rate:.3%}"
         if _exceeds(inputs.error_rate, config.critical_error_rate):

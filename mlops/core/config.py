@@ -49,6 +49,7 @@ class AlertConfigModel(_Section):
     data_quality_threshold: float = Field(0.95, ge=0.0, le=1.0)
     cooldown_seconds: float = Field(300.0, ge=0.0)
     min_labelled_for_accuracy: int = Field(30, ge=0)
+    accuracy_significance_level: float = Field(0.01, gt=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _warning_below_critical(self) -> AlertConfigModel:

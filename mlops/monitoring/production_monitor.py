@@ -75,9 +75,9 @@ class MonitoringMetrics:
     precision: float | None
     recall: float | None
     f1_score: float | None
-    latency_ms: float
+    latency_ms: float | None
     throughput_rps: float
-    error_rate: float
+    error_rate: float | None
     drift_score: float | None
     data_quality_score: float | None
     prediction_count: int
@@ -105,6 +105,11 @@ def _coerce_alert_config(value: AlertConfig | Mapping[str, Any] | None) -> Alert
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _alert_dict(alert: AlertRecord) -> dict[str, Any]:
+    return {"timestamp": _iso(alert.ts), "alert_type": alert.alert_type, "severity": alert.severity,
+            "message": alert.message, "value": alert.value, "threshold": alert.threshold}
 
 
 def _to_frame(features: Any, columns: Sequence[str] | None) -> pd.DataFrame:
@@ -294,18 +299,38 @@ class ProductionMonitor:
         outcome is unknown. ``latency_ms`` is the mean per-prediction latency, or one value per
         prediction. The batch is durable when this returns.
         """
+        if isinstance(error_count, bool) or int(error_count) != error_count or error_count < 0:
+            raise ValueError(f"error_count must be a non-negative integer, got {error_count!r}")
+        latencies = np.asarray(latency_ms, dtype=float).reshape(-1)
+        if latencies.size == 0 or not np.all(np.isfinite(latencies)) or np.any(latencies < 0):
+            raise ValueError("latency_ms must be non-negative finite number(s)")
+        frame = _to_frame(features, self.drift_monitor.feature_names if self.drift_monitor else None)
+        return self._log(frame, predictions, true_labels, str(model_version), float(latencies.mean()),
+                         int(error_count))
+
+    def log_feedback(self, predictions: Any, true_labels: Any, model_version: str = "current") -> dict[str, Any]:
+        """Record outcomes that arrived after their predictions were logged (e.g. the server's
+        ``/feedback``): they count towards accuracy, precision, recall, F1 and concept drift, but
+        not towards ``total_predictions``, latency or error rate (the predictions were counted
+        when they were logged)."""
+        return self._log(None, predictions, true_labels, str(model_version), None, 0)
+
+    def _log(
+        self,
+        frame: pd.DataFrame | None,
+        predictions: Any,
+        true_labels: Any,
+        model_version: str,
+        mean_latency: float | None,
+        error_count: int,
+    ) -> dict[str, Any]:
         preds = np.asarray(predictions)
         if preds.ndim == 0:
             preds = preds.reshape(1)
         n = int(len(preds))
-        if isinstance(error_count, bool) or int(error_count) != error_count or error_count < 0:
-            raise ValueError(f"error_count must be a non-negative integer, got {error_count!r}")
-        error_count = int(error_count)
-        latencies = np.asarray(latency_ms, dtype=float).reshape(-1)
-        if latencies.size == 0 or not np.all(np.isfinite(latencies)) or np.any(latencies < 0):
-            raise ValueError("latency_ms must be non-negative finite number(s)")
-        mean_latency = float(latencies.mean())
-        frame = _to_frame(features, self.drift_monitor.feature_names if self.drift_monitor else None)
+        if frame is not None and len(frame) != n:
+            raise ValueError(f"features has {len(frame)} rows but predictions has {n}")
+        counted = n if frame is not None else 0  # feedback does not add predictions
 
         accuracy = precision = recall = f1 = None
         labelled = correct = 0
@@ -328,7 +353,7 @@ class ProductionMonitor:
         feature_drift = False
         drifted: list[str] = []
         drift_monitor = self.drift_monitor
-        if drift_monitor is not None and len(frame):
+        if drift_monitor is not None and frame is not None and len(frame):
             report = drift_monitor.check(frame)
             drift_score = float(report.drift_score)
             feature_drift = bool(report.feature_drift_detected)
@@ -338,21 +363,23 @@ class ProductionMonitor:
         with self._lock:
             now = self.clock()
             recent = self.store.predictions_since(now - THROUGHPUT_WINDOW_SECONDS)
-            throughput = (recent + n) / THROUGHPUT_WINDOW_SECONDS
-            attempts = n + error_count
-            error_rate = error_count / attempts if attempts else 0.0
+            throughput = (recent + counted) / THROUGHPUT_WINDOW_SECONDS
+            attempts = counted + error_count
+            error_rate = error_count / attempts if attempts else None
 
             baseline_updates: dict[str, Any] = {}
             baseline = self.baseline_metrics
             concept = False
+            significant = None
             if baseline.get("accuracy") is None and labelled:
                 baseline_updates = self._maybe_measure_baseline(labelled, correct, now)
             elif baseline.get("accuracy") is not None and labelled:
                 concept = self._concept_drift(accuracy, labelled)
+                significant = self._accuracy_below_baseline(accuracy, labelled)
 
             metrics = MonitoringMetrics(
                 timestamp=datetime.fromtimestamp(now, UTC),
-                model_version=str(model_version),
+                model_version=model_version,
                 accuracy=accuracy,
                 precision=precision,
                 recall=recall,
@@ -362,7 +389,7 @@ class ProductionMonitor:
                 error_rate=error_rate,
                 drift_score=drift_score,
                 data_quality_score=quality,
-                prediction_count=n,
+                prediction_count=counted,
                 feature_drift_detected=feature_drift,
                 concept_drift_detected=concept,
                 labelled_count=labelled,
@@ -373,21 +400,23 @@ class ProductionMonitor:
                 accuracy=accuracy,
                 labelled_count=labelled,
                 baseline_accuracy=baseline.get("accuracy"),
-                error_rate=error_rate if attempts else None,
+                error_rate=error_rate,
                 latency_ms=mean_latency if attempts else None,
                 drift_score=drift_score,
                 feature_drift_detected=feature_drift,
                 drifted_features=tuple(drifted),
                 concept_drift_detected=concept,
                 data_quality_score=quality,
+                accuracy_drop_significant=significant,
             )
-            raised = self._raise(inputs, now, str(model_version))
+            raised = self._raise(inputs, now, model_version)
             batch = BatchRecord(
-                ts=now, model_version=str(model_version), prediction_count=n, error_count=error_count,
+                ts=now, model_version=model_version, prediction_count=counted, error_count=error_count,
                 labelled_count=labelled, correct_count=correct, accuracy=accuracy, precision=precision,
-                recall=recall, f1_score=f1, latency_ms=mean_latency, throughput_rps=throughput,
-                error_rate=error_rate, drift_score=drift_score, data_quality_score=quality,
-                feature_drift_detected=feature_drift, concept_drift_detected=concept, drifted_features=drifted,
+                recall=recall, f1_score=f1, latency_ms=mean_latency if counted else None,
+                throughput_rps=throughput, error_rate=error_rate, drift_score=drift_score,
+                data_quality_score=quality, feature_drift_detected=feature_drift, concept_drift_detected=concept,
+                drifted_features=drifted,
             )
             self.store.record_batch(batch, raised, {"metrics": baseline_updates} if baseline_updates else None)
             if baseline_updates:
@@ -398,11 +427,7 @@ class ProductionMonitor:
                 self.store.prune(now)
 
         metrics_dict = metrics.to_dict()
-        alerts = [
-            {"timestamp": _iso(a.ts), "alert_type": a.alert_type, "severity": a.severity, "message": a.message,
-             "value": a.value, "threshold": a.threshold}
-            for a in raised
-        ]
+        alerts = [_alert_dict(a) for a in raised]
         self._dispatch(alerts, metrics_dict)
         return {"metrics": metrics_dict, "alerts_triggered": alerts}
 
@@ -424,7 +449,12 @@ class ProductionMonitor:
         updated.setdefault("set_at", since)
         return updated
 
-    def _concept_drift(self, accuracy: float | None, labelled: int) -> bool:
+    def _concept_drift(
+        self, accuracy: float | None, labelled: int, min_drop: float | None = None, alpha: float | None = None
+    ) -> bool:
+        """Is accuracy on ``labelled`` predictions significantly (at ``alpha``, default the drift
+        alpha) below the baseline minus ``min_drop`` (default: the warning drop, the tolerated
+        change)? The baseline's own sampling error is included when it was measured."""
         baseline = self.baseline_metrics
         if accuracy is None or not labelled:
             return False
@@ -432,10 +462,14 @@ class ProductionMonitor:
             float(baseline["accuracy"]),
             float(accuracy),
             labelled,
-            alpha=self.drift_alpha,
-            min_drop=self.alert_config.warning_accuracy_drop,
+            alpha=self.drift_alpha if alpha is None else alpha,
+            min_drop=self.alert_config.warning_accuracy_drop if min_drop is None else min_drop,
             baseline_n=int(baseline.get("accuracy_n") or 0) or None,
         ).detected
+
+    def _accuracy_below_baseline(self, accuracy: float | None, labelled: int) -> bool:
+        return self._concept_drift(accuracy, labelled, min_drop=0.0,
+                                   alpha=self.alert_config.accuracy_significance_level)
 
     def _raise(self, inputs: AlertInputs, now: float, model_version: str | None) -> list[AlertRecord]:
         candidates = evaluate_alerts(inputs, self.alert_config)
@@ -456,9 +490,12 @@ class ProductionMonitor:
         totals = self.store.window_totals(since, until)
         accuracy = totals.accuracy
         concept = False
+        significant = None
         if accuracy is not None and self.baseline_accuracy is not None:
             concept = self._concept_drift(accuracy, totals.labelled)
+            significant = self._accuracy_below_baseline(accuracy, totals.labelled)
         inputs = AlertInputs(
+            accuracy_drop_significant=significant,
             accuracy=accuracy,
             labelled_count=totals.labelled,
             baseline_accuracy=self.baseline_accuracy,
@@ -528,11 +565,7 @@ class ProductionMonitor:
             if raised:
                 self.store.record_alerts(raised)
             self.store.prune(now)
-        alerts = [
-            {"timestamp": _iso(a.ts), "alert_type": a.alert_type, "severity": a.severity, "message": a.message,
-             "value": a.value, "threshold": a.threshold}
-            for a in raised
-        ]
+        alerts = [_alert_dict(a) for a in raised]
         if alerts:
             metrics = {
                 "timestamp": _iso(now), "model_version": None, "accuracy": inputs.accuracy,

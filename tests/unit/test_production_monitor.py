@@ -143,17 +143,26 @@ def test_baseline_accuracy_from_baseline_predictions(rng, clock):
 
 
 def test_baseline_accuracy_measured_from_first_labelled_window(rng, clock):
-    monitor = create_production_monitor("m", baseline_data=frame(rng, 400),
-                                        baseline_labels=rng.integers(0, 2, 400), clock=clock)
+    monitor = create_production_monitor("m", baseline_data=frame(rng, 2000),
+                                        baseline_labels=rng.integers(0, 2, 2000), clock=clock, baseline_window=2000)
     assert monitor.baseline_accuracy is None
-    for _ in range(2):  # 2 x 50 = the 100-prediction window
-        labels, predictions = labelled_batch(rng, 50, 0.9)
-        result = monitor.log_prediction_batch(frame(rng, 50), predictions, labels)
-        assert result["alerts_triggered"] == []
+    for _ in range(2):  # 2 x 1000 = the window
+        labels, predictions = labelled_batch(rng, 1000, 0.9)
+        result = monitor.log_prediction_batch(frame(rng, 1000), predictions, labels)
+        assert [a["alert_type"] for a in result["alerts_triggered"]] == []
     assert monitor.baseline_accuracy == pytest.approx(0.9)
-    labels, predictions = labelled_batch(rng, 100, 0.87)  # a 3-point drop: warning
+    assert monitor.baseline_metrics["accuracy_n"] == 2000
+    # a 3-point drop on 100 labels is within noise: INFO; on 2000 labels it is real: WARNING
+    labels, predictions = labelled_batch(rng, 100, 0.87)
     result = monitor.log_prediction_batch(frame(rng, 100), predictions, labels)
-    assert [(a["alert_type"], a["severity"]) for a in result["alerts_triggered"]] == [("accuracy_drop", "WARNING")]
+    assert [(a["alert_type"], a["severity"]) for a in result["alerts_triggered"]] == [
+        ("accuracy_fluctuation", "INFO")
+    ]
+    labels, predictions = labelled_batch(rng, 2000, 0.87)
+    result = monitor.log_prediction_batch(frame(rng, 2000), predictions, labels)
+    kinds = [(a["alert_type"], a["severity"]) for a in result["alerts_triggered"]]
+    assert ("accuracy_drop", "WARNING") in kinds
+    assert ("concept_drift", "CRITICAL") not in kinds  # not significantly beyond the tolerated 2 points
 
 
 def test_cooldown_suppresses_repeats_and_lets_escalation_through(rng, clock):
@@ -273,3 +282,19 @@ def test_bad_inputs_are_rejected(rng, clock):
     with pytest.raises(ValueError, match="latency_ms"):
         monitor.log_prediction_batch(frame(rng, 3), [0, 1, 0], latency_ms=float("nan"))
     assert monitor.get_monitoring_summary()["total_predictions"] == 0
+
+
+def test_feedback_counts_towards_accuracy_not_predictions(rng, clock):
+    monitor = create_production_monitor("m", clock=clock)
+    predictions = rng.integers(0, 2, 40)
+    monitor.log_prediction_batch(frame(rng, 40), predictions, latency_ms=30.0, error_count=2)
+    labels = predictions.copy()
+    labels[:10] = 1 - labels[:10]
+    result = monitor.log_feedback(predictions, labels, model_version="v1")
+    assert result["metrics"]["prediction_count"] == 0
+    assert result["metrics"]["accuracy"] == pytest.approx(0.75)
+    summary = monitor.get_monitoring_summary()
+    assert summary["total_predictions"] == 40
+    assert summary["avg_accuracy"] == pytest.approx(0.75)
+    assert summary["avg_latency_ms"] == pytest.approx(30.0)
+    assert summary["avg_error_rate"] == pytest.approx(2 / 42)
