@@ -286,16 +286,22 @@ class ProductionModelServer:
         features = frame[names]
         labels = frame[label].tolist() if label and label in frame.columns else None
         if self.monitor is not None and hasattr(self.monitor, "set_baseline_metrics"):
-            self.monitor.set_baseline_metrics(features, labels, model_version=self.current_model_version or "baseline")
+            kwargs: dict[str, Any] = {}
+            if labels is not None and model is not None and names == model.names:
+                # Baseline accuracy is measured: the current model on the labelled baseline rows.
+                kwargs["baseline_predictions"] = model.predict(features.to_numpy(dtype=model.dtype).tolist())[0]
+            self.monitor.set_baseline_metrics(features, labels, model_version=self.current_model_version or "baseline",
+                                              **kwargs)
         self.baseline = {"path": str(path), "rows": len(frame), "features": names, "labelled": labels is not None}
         return self.baseline
 
     # ----------------------------------------------------------------- predictions
-    def _new_id(self, version: str, prediction: Any, nonce_extra: list[Any] | None = None) -> str:
-        nonce = f"{self._id_prefix}{next(self._ids):x}"
-        if nonce_extra:
-            nonce = orjson.dumps([nonce, *nonce_extra]).decode()
-        return sign_prediction_id(self._key, version, str(prediction), nonce)
+    def _nonce(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+    def _new_id(self, version: str, prediction: Any, nonce: str | None = None) -> str:
+        """Signed id; an experiment prediction's nonce is ``<A/B prediction id>|<experiment>``."""
+        return sign_prediction_id(self._key, version, str(prediction), nonce or self._nonce())
 
     def _model(self, version: str | None = None) -> LoadedModel:
         v = version or self.current_model_version
@@ -304,7 +310,9 @@ class ProductionModelServer:
             raise ApiError(503, "no_model", "no model version is loaded yet")
         return model
 
-    def _experiment_predict(self, name: str, user_id: str | None, features: dict, row_for: Callable) -> dict:
+    def _experiment_predict(
+        self, name: str, user_id: str | None, features: dict, row_for: Callable, ab_id: str
+    ) -> dict:
         if self.ab_manager is None:
             raise ApiError(404, "unknown_experiment", "A/B testing is disabled on this server", "experiment_name")
         if not user_id:
@@ -314,11 +322,13 @@ class ProductionModelServer:
             adapters[version] = _RowModel(model, row_for(model))
         try:
             result = self.ab_manager.make_prediction(
-                experiment_name=name, user_id=user_id, features=features, models=adapters
+                experiment_name=name, user_id=user_id, features=features, models=adapters, prediction_id=ab_id
             )
         except KeyError as exc:
             raise ApiError(404, "unknown_experiment", f"unknown experiment {name!r}", "experiment_name") from exc
         except ValueError as exc:
+            if "does not exist" in str(exc):
+                raise ApiError(404, "unknown_experiment", f"unknown experiment {name!r}", "experiment_name") from exc
             raise ApiError(409, "experiment_unavailable", f"experiment {name!r}: {exc}", "experiment_name") from exc
         version = str(result.get("model_version"))
         adapter = adapters.get(version)
@@ -330,7 +340,7 @@ class ProductionModelServer:
             "model_version": version,
             "variant": result.get("variant"),
             "confidence": adapter.confidence if adapter else None,
-            "ab_prediction_id": result.get("prediction_id"),
+            "ab_prediction_id": str(result.get("prediction_id") or ab_id),
         }
 
     def _predict_rows(
@@ -360,10 +370,10 @@ class ProductionModelServer:
                     except FeatureError as exc:
                         raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
 
-                r = self._experiment_predict(experiment, user_id, features, row_for)
-                extra = [experiment, r.pop("ab_prediction_id"), user_id]
+                r = self._experiment_predict(experiment, user_id, features, row_for, self._nonce())
                 r["user_id"] = user_id
-                r["prediction_id"] = self._new_id(r["model_version"], r["prediction"], extra)
+                nonce = f"{r.pop('ab_prediction_id')}|{experiment}"
+                r["prediction_id"] = self._new_id(r["model_version"], r["prediction"], nonce)
                 out.append(r)
         latency = (time.perf_counter() - start) / max(1, len(out))
         name = self.model_name
@@ -405,7 +415,7 @@ class ProductionModelServer:
     def record_feedback(self, items: list[tuple[str, Any]]) -> dict[str, Any]:
         """Verify each prediction id, queue a feedback event, and join A/B outcomes."""
         events: list[FeedbackEvent] = []
-        ab_outcomes: list[tuple[str, str | None, str | None, Any]] = []
+        ab_outcomes: list[tuple[str, str, Any]] = []
         for i, (prediction_id, true_label) in enumerate(items):
             try:
                 ref = verify_prediction_id(self._key, prediction_id)
@@ -414,30 +424,20 @@ class ProductionModelServer:
                 raise ApiError(400, "invalid_prediction_id", f"{exc}: feedback rejected", field) from exc
             events.append(FeedbackEvent(prediction_id=prediction_id, model_version=ref.version,
                                         prediction=ref.prediction, true_label=true_label, timestamp=self.clock()))
-            if ref.nonce.startswith("["):
-                try:
-                    _, experiment, ab_id, user_id = orjson.loads(ref.nonce)
-                    ab_outcomes.append((experiment, ab_id, user_id, true_label))
-                except (orjson.JSONDecodeError, ValueError):
-                    pass
+            ab_id, sep, experiment = ref.nonce.partition("|")
+            if sep and experiment:
+                ab_outcomes.append((experiment, ab_id, true_label))
         accepted = self.recorder.record_feedback(events)
         self.feedback_count += accepted
         joined = 0
         if self.ab_manager is not None:
-            for experiment, ab_id, user_id, label in ab_outcomes:
-                joined += self._join_ab_outcome(experiment, ab_id, user_id, label)
+            for experiment, ab_id, label in ab_outcomes:
+                joined += self._join_ab_outcome(experiment, ab_id, label)
         return {"accepted": accepted, "experiment_outcomes": joined}
 
-    def _join_ab_outcome(self, experiment: str, ab_id: str | None, user_id: str | None, label: Any) -> int:
-        record = getattr(self.ab_manager, "record_outcome", None)
+    def _join_ab_outcome(self, experiment: str, ab_id: str, label: Any) -> int:
         try:
-            if record is not None and ab_id:
-                record(experiment, ab_id, label)
-            elif user_id:
-                self.ab_manager.update_prediction_outcomes(experiment, [(user_id, label)])
-            else:
-                return 0
-            return 1
+            return int(bool(self.ab_manager.record_outcome(experiment, ab_id, label)))
         except (KeyError, ValueError) as exc:
             logger.warning("A/B outcome for %s not recorded: %s", experiment, exc)
             return 0
