@@ -20,7 +20,7 @@ from mlops.operator.resources.model_deployment import ArtifactCheck
 CHUNK = 1 << 20
 
 
-def verify_artifact(uri: str, sha256: str, *, max_bytes: int, timeout: float = 30.0) -> ArtifactCheck:
+def verify_artifact(uri: str, sha256: str, *, max_bytes: int, timeout: float = 10.0) -> ArtifactCheck:
     """Stream the artifact and compare its sha256; never raises."""
     parsed = urllib.parse.urlparse(uri)
     digest = hashlib.sha256()
@@ -50,10 +50,15 @@ def verify_artifact(uri: str, sha256: str, *, max_bytes: int, timeout: float = 3
     except FileNotFoundError:
         return ArtifactCheck(False, f"artifact {uri} is unreachable: no such file")
     except OSError as exc:
-        return ArtifactCheck(False, f"artifact {uri} is unreachable: {exc.strerror or exc}")
-    except Exception as exc:  # httpx.HTTPError and friends: any fetch failure is a verdict, not a crash
+        return ArtifactCheck(False, f"artifact {uri} is unreadable: {exc.strerror or exc}")
+    except Exception as exc:
         import httpx
 
+        # The operator may not reach a host its pods can (egress rules): a transport failure is no
+        # verdict; the init container still verifies, and the check is retried later.
+        if isinstance(exc, httpx.TransportError):
+            return ArtifactCheck(None, f"artifact {uri} not reachable from the operator ({type(exc).__name__}): "
+                                 "left to the init container")
         if isinstance(exc, httpx.HTTPError):
             return ArtifactCheck(False, f"artifact {uri} is unreachable: {type(exc).__name__}: {exc}")
         raise
@@ -65,7 +70,7 @@ def verify_artifact(uri: str, sha256: str, *, max_bytes: int, timeout: float = 3
 
 @dataclass
 class ArtifactVerifier:
-    """Caches verdicts: good ones for good (content is pinned), bad ones for ``retry_seconds``."""
+    """Caches verdicts: good ones for good (content is pinned), others for ``retry_seconds``."""
 
     max_bytes: int = 256 << 20
     retry_seconds: float = 30.0
@@ -86,7 +91,7 @@ class ArtifactVerifier:
         key = (uri, sha256.lower())
         hit = self._cache.get(key)
         now = self.clock()
-        if hit and (hit[0].ok is not False or now - hit[1] < self.retry_seconds):
+        if hit and (hit[0].ok is True or now - hit[1] < self.retry_seconds):
             return hit[0]
         verdict = verify_artifact(uri, sha256, max_bytes=self.max_bytes)
         if len(self._cache) > 4096:

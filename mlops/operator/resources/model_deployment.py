@@ -351,12 +351,12 @@ def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
                             "env": [{"name": "MLOPS_HOME", "value": "/var/lib/mlops"}],
                             "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
                             "readinessProbe": {
-                                "httpGet": {"path": "/health", "port": "http"},
+                                "httpGet": {"path": "/healthz", "port": "http"},
                                 "periodSeconds": 10,
                                 "timeoutSeconds": 2,
                             },
                             "livenessProbe": {
-                                "httpGet": {"path": "/health", "port": "http"},
+                                "httpGet": {"path": "/healthz", "port": "http"},
                                 "initialDelaySeconds": 10,
                                 "periodSeconds": 10,
                                 "timeoutSeconds": 2,

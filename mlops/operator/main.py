@@ -1,0 +1,57 @@
+"""Start the operator: logging, its own metrics endpoint, the Kubernetes adapter, then kopf.
+
+Kept separate from the CLI module so ``mlops --help`` never imports kopf or the Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from mlops.operator.handlers import Controller, OperatorConfig, build_registry
+
+log = logging.getLogger("mlops.operator")
+
+
+def run_operator(
+    config: OperatorConfig,
+    *,
+    kubeconfig: str | None = None,
+    liveness_port: int | None = 8081,
+    metrics_port: int | None = 8082,
+    bind: str = "0.0.0.0",
+    log_json: bool = True,
+    verbose: bool = False,
+) -> int:
+    import kopf
+    from prometheus_client import start_http_server
+
+    from mlops.operator.k8s import Kube
+    from mlops.operator.metrics import OperatorMetrics
+
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads it too
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_json else kopf.LogFormat.FULL)
+    metrics = OperatorMetrics()
+    if metrics_port:
+        start_http_server(metrics_port, addr=bind, registry=metrics.registry)
+    kube = Kube.from_environment(kubeconfig)
+    controller = Controller(kube, config, metrics=metrics)
+    registry = build_registry(controller)
+    liveness = f"http://{bind}:{liveness_port}/healthz" if liveness_port else None
+    log.info(
+        "starting mlops operator",
+        extra={"namespaces": config.namespaces, "all_namespaces": config.all_namespaces,
+               "metrics_port": metrics_port, "liveness_port": liveness_port},
+    )
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            standalone=True,
+            clusterwide=config.all_namespaces,
+            namespaces=() if config.all_namespaces else config.namespaces,
+            liveness_endpoint=liveness,
+        )
+    )
+    return 0
