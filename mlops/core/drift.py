@@ -131,8 +131,8 @@ def _bin_midpoints(col: ColumnProfile) -> np.ndarray:
 
 
 def _wasserstein_scale(ref: np.ndarray) -> float:
-    scale = float(np.std(ref))
-    return scale if scale > 0 else 1.0
+    # Floor as in Evidently, so a constant reference column does not divide by zero.
+    return max(float(np.std(ref)), 1e-3)
 
 
 def _wasserstein_samples(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float | None]:
