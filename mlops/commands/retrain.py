@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "retrain", help="retraining engine: status, history, approve, reject, force, verify-audit",
         description="Inspect and steer a model's retraining engine (state under $MLOPS_HOME).",
     )
-    sub = parser.add_subparsers(dest="retrain_command", metavar="ACTION")
+    sub = parser.add_subparsers(dest="retrain_action", metavar="ACTION")
     sub.required = True
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = add("approve", "approve a pending trigger; run it now when a command is configured")
     p.add_argument("event_id", type=int, help="id of the pending event (see `status`)")
-    p.add_argument("--command", help="retrain command (argv, no shell) overriding the stored one")
+    p.add_argument("--command", dest="override_command",
+                   help="retrain command (argv, no shell) overriding the stored one")
     p.add_argument("--no-run", action="store_true",
                    help="only record the approval; the model's running trigger starts it")
     p.set_defaults(func=_approve)
@@ -52,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = add("force", "run a manual retrain now (the limits still apply); exit 1 unless it succeeds")
     p.add_argument("--reason", default="Manual trigger", help="reason recorded with the run")
-    p.add_argument("--command", help="retrain command (argv, no shell) overriding the stored one")
+    p.add_argument("--command", dest="override_command",
+                   help="retrain command (argv, no shell) overriding the stored one")
     p.set_defaults(func=_force)
 
     p = add("verify-audit", "check the hash chain of the audit log; exit 1 naming the first bad entry")
@@ -83,7 +85,7 @@ def _trigger(args: argparse.Namespace):
     if not _state_exists(args.model):
         raise UsageError(f"no retraining state for model {args.model!r} under $MLOPS_HOME")
     config = load_stored_config(args.model) or RetrainingTriggerConfig()
-    command = getattr(args, "command", None)
+    command = getattr(args, "override_command", None)
     if command is not None:
         try:
             argv = shlex.split(command)

@@ -86,6 +86,7 @@ def test_force_runs_the_stored_command_or_an_override_and_fails_on_non_zero(tmp_
 
 def test_force_without_any_command_is_a_recorded_failure():
     create_data_trigger("bare-model")
+    assert "retrain command: (none)" in mlops("status", "bare-model").stdout
     result = mlops("force", "bare-model")
     assert result.returncode == 1
     assert "no retraining handler or command configured" in result.stdout
