@@ -41,6 +41,7 @@ def test_bucket_is_in_unit_interval_and_deterministic():
 @pytest.mark.parametrize("share", [0.1, 0.3, 0.5])
 def test_treatment_share_within_one_percent_over_100k(buckets_a, share):
     observed = float(np.mean(buckets_a < share))
+    print(f"\ntreatment share over 100,000 ids at split {share}: {observed:.4f}")
     assert abs(observed - share) <= 0.01, observed
 
 
@@ -84,6 +85,8 @@ def test_experiments_are_independent(buckets_a):
     p_a, p_b = in_a.mean(), in_b.mean()
     expected_agreement = p_a * p_b + (1 - p_a) * (1 - p_b)
     agreement = float(np.mean(in_a == in_b))
+    print(f"\nagreement between two experiments at 50/50: {agreement:.4f} (independence predicts "
+          f"{expected_agreement:.4f})")
     assert abs(agreement - expected_agreement) <= 0.01, (agreement, expected_agreement)
     assert abs(float(np.corrcoef(buckets_a, buckets_b)[0, 1])) < 0.02
 
@@ -93,6 +96,8 @@ def test_ramp_10_to_30_percent_is_monotone(buckets_a):
     at_30 = buckets_a < 0.30
     assert at_10.sum() > 0
     assert np.all(at_30[at_10]), "a user in treatment at 10% left treatment at 30%"
+    print(f"\nusers in treatment at 10%: {int(at_10.sum())}, of them still in treatment at 30%: "
+          f"{int(at_30[at_10].sum())}")
     for i in np.flatnonzero(at_10)[:500]:
         assert assign_variant("exp-a", USERS[i], 0.10) == "treatment"
         assert assign_variant("exp-a", USERS[i], 0.30) == "treatment"
