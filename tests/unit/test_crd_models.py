@@ -44,6 +44,17 @@ def _bounds(lo, lo_excl, hi, hi_excl):
     }
 
 
+def apply_defaults(node: dict[str, Any], value: Any) -> Any:
+    """What the API server stores for ``value``: nested defaults filled in, recursively."""
+    if node.get("type") == "object" and isinstance(value, dict):
+        for name, child in node.get("properties", {}).items():
+            if name in value:
+                value[name] = apply_defaults(child, value[name])
+            elif "default" in child:
+                value[name] = apply_defaults(child, copy.deepcopy(child["default"]))
+    return value
+
+
 def norm_crd(node: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if node.get("x-kubernetes-int-or-string"):
@@ -56,7 +67,7 @@ def norm_crd(node: dict[str, Any]) -> dict[str, Any]:
         if key in node:
             out[key] = node[key]
     if "default" in node:
-        out["default"] = node["default"]
+        out["default"] = apply_defaults(node, copy.deepcopy(node["default"]))
     b = _bounds(node.get("minimum"), node.get("exclusiveMinimum"), node.get("maximum"), node.get("exclusiveMaximum"))
     if b:
         out["bounds"] = b
@@ -141,12 +152,13 @@ class PydanticSide:
 
 
 def model_defaults_as_crd(model: type[BaseModel], tree: dict[str, Any]) -> None:
-    """pydantic omits default_factory defaults from JSON schema; a sub-model built by default_factory
-    is the CRD's ``default: {}`` (apply the nested defaults)."""
+    """pydantic omits default_factory defaults from JSON schema: fill in the sub-model it builds, as
+    the API server stores it (the CRD side applies nested defaults to its object defaults)."""
     for name, field in model.model_fields.items():
         alias = field.alias or name
-        if field.default_factory is not None and isinstance(field.get_default(call_default_factory=True), BaseModel):
-            tree["properties"][alias]["default"] = {}
+        default = field.get_default(call_default_factory=True) if field.default_factory else None
+        if isinstance(default, BaseModel):
+            tree["properties"][alias]["default"] = default.model_dump(by_alias=True, exclude_none=True)
         ann = field.annotation
         sub = _submodel(ann)
         if sub is not None and alias in tree["properties"]:
