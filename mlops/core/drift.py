@@ -34,7 +34,15 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial import distance
 
-from mlops.core.profile import CATEGORICAL, NUMERIC, BaselineProfile, ColumnProfile, as_numbers, build_profile
+from mlops.core.profile import (
+    CATEGORICAL,
+    NUMERIC,
+    BaselineProfile,
+    ColumnProfile,
+    as_numbers,
+    build_profile,
+    category_strings,
+)
 
 CORRECTIONS = ("holm", "bonferroni", "none")
 PSI_EPSILON = 1e-4  # stands in for an empty bin's share, as Evidently does
@@ -323,7 +331,7 @@ def _valid_values(series: pd.Series, kind: str) -> np.ndarray:
     if kind == NUMERIC:
         values, _, _ = as_numbers(series)
         return values[~np.isnan(values)]
-    return series.dropna().astype(str).to_numpy()
+    return category_strings(series).to_numpy()
 
 
 def detect_drift(
@@ -338,20 +346,22 @@ def detect_drift(
     thresholds: Mapping[str, float] | None = None,
     categorical_columns: list[str] | None = None,
     n_bins: int = 10,
+    reference_profile: BaselineProfile | None = None,
 ) -> DriftReport:
     """Per-column drift of ``current`` against ``reference``, corrected across columns.
 
     With a reference DataFrame, tests that have a raw-value form (``ks``, ``wasserstein``) use the
     raw values; the others use counts on bins built from the reference (``n_bins`` quantile bins,
-    every category). With a profile, every test uses the profile's bins. Columns of the reference
-    missing from ``current`` raise ``ValueError``; extra current columns are ignored.
+    every category), or on ``reference_profile`` if given (a profile of that same frame, to avoid
+    rebuilding it on every call). With a profile, every test uses the profile's bins. Columns of the
+    reference missing from ``current`` raise ``ValueError``; extra current columns are ignored.
     """
     _check_args(alpha, correction)
     if isinstance(reference, BaselineProfile):
         profile, ref_frame = reference, None
     elif isinstance(reference, pd.DataFrame):
-        profile = build_profile(reference, n_bins=n_bins, categorical_columns=categorical_columns,
-                                max_categories=max(1, len(reference)))
+        profile = reference_profile or build_profile(reference, n_bins=n_bins, categorical_columns=categorical_columns,
+                                                     max_categories=max(1, len(reference)))
         ref_frame = reference
     else:
         raise TypeError(f"reference must be a DataFrame or BaselineProfile, not {type(reference).__name__}")

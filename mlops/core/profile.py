@@ -318,16 +318,31 @@ def _numeric_profile(name: str, series: pd.Series, n_bins: int) -> ColumnProfile
     )
 
 
+def category_strings(series: pd.Series) -> pd.Series:
+    """Non-missing values as category labels: strings, with integral floats written as integers.
+
+    So the code 1 stays "1" when a missing value turns the column into floats (1.0) in a later batch.
+    """
+    values = series.dropna()
+    if pd.api.types.is_float_dtype(values.dtype):
+        if len(values) and bool((values % 1 == 0).all()):
+            return values.astype("int64").astype(str)
+        return values.astype(str)
+    if values.dtype == object:
+        return values.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+    return values.astype(str)
+
+
 def _categorical_counts(series: pd.Series, categories: list[str]) -> list[int]:
     missing = int(series.isna().sum())
-    observed = series.dropna().astype(str).value_counts()
+    observed = category_strings(series).value_counts()
     counts = [int(observed.get(c, 0)) for c in categories]
     other = int(observed.sum()) - sum(counts)
     return [*counts, other, missing]
 
 
 def _categorical_profile(name: str, series: pd.Series, max_categories: int) -> ColumnProfile:
-    observed = series.dropna().astype(str).value_counts()
+    observed = category_strings(series).value_counts()
     # Most frequent first; ties broken by name so the profile is deterministic.
     ordered = sorted(observed.items(), key=lambda kv: (-kv[1], kv[0]))[:max_categories]
     categories = [k for k, _ in ordered]

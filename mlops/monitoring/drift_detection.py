@@ -69,10 +69,15 @@ class DriftMonitor:
                 raise ValueError("reference data is empty")
             self.reference_data: pd.DataFrame | None = reference.copy()
             self.profile = build_profile(reference, n_bins=n_bins, categorical_columns=categorical_columns)
+            # Every category of the reference, for the count-based tests on raw data.
+            self._test_profile = build_profile(reference, n_bins=n_bins, categorical_columns=categorical_columns,
+                                               max_categories=len(reference))
         elif isinstance(reference, BaselineProfile):
             self.reference_data, self.profile = None, reference
+            self._test_profile = reference
         elif isinstance(reference, Mapping):
             self.reference_data, self.profile = None, BaselineProfile.from_dict(reference)
+            self._test_profile = self.profile
         else:
             raise TypeError(f"reference must be a DataFrame or a BaselineProfile, not {type(reference).__name__}")
         self.alpha = alpha
@@ -98,7 +103,7 @@ class DriftMonitor:
         """Drift of ``current`` against the reference (columns the reference lacks are ignored)."""
         reference = self.reference_data if self.reference_data is not None else self.profile
         return detect_drift(reference, current, categorical_columns=self.categorical_columns, n_bins=self.n_bins,
-                            **self._options())
+                            reference_profile=self._test_profile, **self._options())
 
     def check_counts(self, current_counts: Mapping[str, list[int]]) -> DriftReport:
         """Drift of counts taken on the profile's bins (``profile.bin_counts``), e.g. summed over replicas."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlops.core.profile import CATEGORICAL, infer_kind
+from mlops.core.profile import CATEGORICAL, category_strings, infer_kind
 
 
 class EvidentlyUnavailable(RuntimeError):
@@ -72,10 +72,12 @@ def run_evidently_drift(
     categorical = [c for c in columns if c in forced or infer_kind(reference[c]) == CATEGORICAL]
     numeric = [c for c in columns if c not in categorical]
     reference, current = reference[columns].copy(), current[columns].copy()
-    for c in categorical:
-        # Evidently needs comparable values on both sides; we compare categories as strings.
-        reference[c] = reference[c].astype("string").astype(object)
-        current[c] = current[c].astype("string").astype(object)
+    for frame in (reference, current):
+        for c in categorical:
+            # Evidently needs comparable values on both sides: the category labels our profiles use.
+            labels = pd.Series(None, index=frame.index, dtype=object)
+            labels.loc[frame[c].notna()] = category_strings(frame[c]).to_numpy()
+            frame[c] = labels
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     preset = DataDriftPreset(columns=columns, num_method=num_method, cat_method=cat_method,
                              num_threshold=num_threshold, cat_threshold=cat_threshold)

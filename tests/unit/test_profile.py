@@ -137,3 +137,11 @@ def test_merging_profiles_with_different_bins_is_refused():
     rng = np.random.default_rng(8)
     with pytest.raises(ValueError, match="different bins"):
         merge_profiles(build_profile(_frame(rng, 100)), build_profile(_frame(rng, 100)))
+
+
+def test_integer_categories_survive_a_batch_turned_float_by_missing_values():
+    profile = build_profile(pd.DataFrame({"code": [1, 2, 2, 3]}), categorical_columns=["code"])
+    batch = pd.DataFrame({"code": [1.0, 2.0, np.nan, 3.0]})
+    assert profile.bin_counts(batch) == {"code": [1, 1, 1, 0, 1]}  # 2, 1, 3, other, missing
+    mixed = pd.DataFrame({"code": pd.Series([1.0, "2", None, 4.5], dtype=object)})
+    assert profile.bin_counts(mixed) == {"code": [1, 1, 0, 1, 1]}
