@@ -116,3 +116,34 @@ def _generated_requests(output: str) -> int:
 
     counts = [int(n) for n in re.findall(r"(\d+) generated", output)]
     return sum(counts)
+
+
+def test_server_sends_events_to_a_real_sidecar(tmp_path):
+    """In a pod: `mlops serve --sidecar-url` ships predictions and feedback to `mlops sidecar`."""
+    sidecar_port = _free_port()
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "mlops", "sidecar", "--host", "127.0.0.1", "--port", str(sidecar_port),
+         "--model-name", "sigterm-model"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    proc = None
+    try:
+        proc, port = _start(tmp_path, "--sidecar-url", f"http://127.0.0.1:{sidecar_port}",
+                            "--flush-interval", "0.2")
+        ids = [httpx.post(f"http://127.0.0.1:{port}/predict", json={"features": {"a": 1.0, "b": 0.0}},
+                          timeout=10).json()["prediction_id"] for _ in range(5)]
+        fb = httpx.post(f"http://127.0.0.1:{port}/feedback", json={"prediction_id": ids[0], "true_label": 1},
+                        timeout=10)
+        assert fb.status_code == 202
+        proc.terminate()
+        proc.wait(30)
+        metrics = httpx.get(f"http://127.0.0.1:{sidecar_port}/metrics", timeout=10).text
+        totals = [line for line in metrics.splitlines() if line.startswith("mlops_predictions_total")]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in totals) == 5, metrics[:2000]
+        feedback = [line for line in metrics.splitlines() if line.startswith("mlops_feedback_total")]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in feedback) == 1
+    finally:
+        for p in (proc, sidecar):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(30)
