@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import queue
 import shlex
 import signal
 import subprocess
@@ -345,7 +346,12 @@ class DataDrivenRetrainingTrigger:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._workers: list[threading.Thread] = []
+        # One long-lived daemon worker for background runs: SQLite connections are per thread, so
+        # a fresh thread per run would leave an open connection behind per run. Daemon, so a
+        # process exiting mid-run is not held up (the run is then closed as interrupted).
+        self._jobs: queue.Queue[tuple[Callable[[], Any], threading.Event]] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._runs: list[threading.Event] = []
         self._block_records: dict[tuple[str, str], tuple[float, int]] = {}
         self.last_error: str | None = None
 
@@ -411,10 +417,21 @@ class DataDrivenRetrainingTrigger:
     def wait_for_run(self, timeout: float | None = None) -> bool:
         """Wait for runs started in the background; True when none is left running."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for worker in list(self._workers):
-            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        self._workers = [w for w in self._workers if w.is_alive()]
-        return not self._workers
+        for done in list(self._runs):
+            done.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._runs = [d for d in self._runs if not d.is_set()]
+        return not self._runs
+
+    def _work(self) -> None:
+        while True:
+            job, done = self._jobs.get()
+            try:
+                job()
+            except BaseException:  # noqa: BLE001 - _execute already recorded the run as failed;
+                # the worker must survive to run the next one.
+                log.exception("retrain worker of %s", self.model_name)
+            finally:
+                done.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -587,10 +604,14 @@ class DataDrivenRetrainingTrigger:
                 wait: bool) -> bool | None:
         if wait:
             return self._execute(event_id, trigger_type, reason, snapshot)
-        worker = threading.Thread(target=self._execute, args=(event_id, trigger_type, reason, snapshot),
-                                  name=f"retrain-run-{self.model_name}-{event_id}", daemon=True)
-        self._workers = [w for w in self._workers if w.is_alive()] + [worker]
-        worker.start()
+        done = threading.Event()
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name=f"retrain-run-{self.model_name}",
+                                                daemon=True)
+                self._worker.start()
+            self._runs = [d for d in self._runs if not d.is_set()] + [done]
+            self._jobs.put((lambda: self._execute(event_id, trigger_type, reason, snapshot), done))
         return None
 
     def _execute(self, event_id: int, trigger_type: str, reason: str, snapshot: dict[str, int]) -> bool:

@@ -443,3 +443,22 @@ def test_summary_window_starts_at_the_last_successful_retrain():
     clock.now += 2.5 * H
     trigger.check_once()
     assert monitor.calls[-1] == 3
+
+
+def test_background_runs_share_one_worker_thread():
+    import threading
+
+    threads = []
+
+    def handler(trigger_type, reason):
+        threads.append(threading.get_ident())
+        return True
+
+    trigger, clock = make({"max_days_without_retrain": 0, "min_hours_between_retrains": 0,
+                           "max_retrains_per_day": 100}, handler=handler)
+    for i in range(5):
+        clock.now = T0 + i * 60
+        assert trigger.check_once().action == p.RUN
+        assert trigger.wait_for_run(timeout=10)
+    assert len(threads) == 5 and len(set(threads)) == 1
+    assert threads[0] != threading.get_ident()
