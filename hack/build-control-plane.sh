@@ -20,7 +20,7 @@ BIN="$CACHE/bin/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
 WORK="$CACHE/work"
 export GOMODCACHE="$CACHE/go/mod"
 export GOCACHE="$CACHE/go/build"
-export GOFLAGS="${GOFLAGS:--p=2} -buildvcs=false"
+export GOFLAGS="-p=2 -buildvcs=false ${GOFLAGS:-}"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 export CGO_ENABLED=0
 
