@@ -176,6 +176,20 @@ class ProductionMonitor:
         self.baseline_metrics: dict[str, Any] = {}
         self._load_baseline()
 
+    @classmethod
+    def from_config(cls, model_name: str, config: Any, **kwargs: Any) -> ProductionMonitor:
+        """A monitor configured by a validated ``MLOpsConfig`` (``mlops.monitoring.config.load_config``)
+        or its ``production.monitoring`` section: alert thresholds, retention and drift alpha.
+        Start its checker with ``start_monitoring(section.interval_seconds)``."""
+        section = getattr(getattr(config, "production", None), "monitoring", config)
+        return cls(
+            model_name,
+            alert_config=section.alert_config.to_alert_config(),
+            retention_days=section.retention_days,
+            drift_alpha=section.drift_alpha,
+            **kwargs,
+        )
+
     # -- configuration ---------------------------------------------------------------------------
 
     @property

@@ -71,6 +71,16 @@ def test_the_guides_setup_pipeline_passes_the_yaml_dict_to_the_monitor(tmp_path)
     assert monitor.alert_config.critical_error_rate == 0.02
 
 
+def test_monitor_from_a_loaded_config():
+    from mlops.monitoring.production_monitor import ProductionMonitor
+
+    text = GUIDE_YAML.replace("    alert_config:", "    retention_days: 7\n    drift_alpha: 0.01\n    alert_config:")
+    monitor = ProductionMonitor.from_config("m", load_config_text(text))
+    assert monitor.alert_config.critical_latency_ms == 500.0
+    assert monitor.drift_alpha == 0.01
+    assert monitor.store.retention_seconds == 7 * 86400
+
+
 def _errors(text: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load_config_text(text)
