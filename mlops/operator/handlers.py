@@ -327,6 +327,12 @@ def build_registry(controller: Controller) -> Any:
         settings.execution.max_workers = max(4, controller.config.workers * 2)
         background["task"] = asyncio.create_task(controller.background(stopped))
 
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> Any:
+        # A custom registry gets no default login handlers: in-cluster token first, then $KUBECONFIG
+        # (both read at call time, so `--kubeconfig` works however early the client was imported).
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(**_: Any) -> None:
         stopped.set()
