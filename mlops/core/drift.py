@@ -40,8 +40,9 @@ from mlops.core.profile import (
     BaselineProfile,
     ColumnProfile,
     as_numbers,
-    build_profile,
     category_strings,
+    infer_kind,
+    profile_column,
 )
 
 CORRECTIONS = ("holm", "bonferroni", "none")
@@ -246,13 +247,13 @@ def _resolve_test(name: str, kind: str, column: str) -> DriftTest:
     return test
 
 
-def _pick_tests(profile: BaselineProfile, numeric_test: str, categorical_test: str,
+def _pick_tests(kinds: Mapping[str, str], numeric_test: str, categorical_test: str,
                 tests: Mapping[str, str] | None) -> dict[str, DriftTest]:
     chosen = {}
-    for name, col in profile.columns.items():
-        default = numeric_test if col.kind == NUMERIC else categorical_test
-        chosen[name] = _resolve_test((tests or {}).get(name, default), col.kind, name)
-    unknown = set(tests or {}) - set(profile.columns)
+    for name, kind in kinds.items():
+        default = numeric_test if kind == NUMERIC else categorical_test
+        chosen[name] = _resolve_test((tests or {}).get(name, default), kind, name)
+    unknown = set(tests or {}) - set(kinds)
     if unknown:
         raise ValueError(f"tests given for unknown columns: {sorted(unknown)}")
     return chosen
@@ -278,12 +279,12 @@ def _check_args(alpha: float, correction: str) -> None:
         raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
 
 
-def _column_result(name: str, col: ColumnProfile, test: DriftTest, statistic: float, p: float | None,
+def _column_result(name: str, kind: str, test: DriftTest, statistic: float, p: float | None,
                    alpha: float, thresholds: Mapping[str, float] | None, n_ref: int, n_cur: int) -> ColumnDrift:
     if test.uses_p_value:
-        return ColumnDrift(name, col.kind, test.name, statistic, p, alpha, False, None, n_ref, n_cur)
+        return ColumnDrift(name, kind, test.name, statistic, p, alpha, False, None, n_ref, n_cur)
     threshold = float((thresholds or {}).get(name, test.default_threshold))
-    return ColumnDrift(name, col.kind, test.name, statistic, None, threshold, bool(statistic >= threshold),
+    return ColumnDrift(name, kind, test.name, statistic, None, threshold, bool(statistic >= threshold),
                        None, n_ref, n_cur)
 
 
@@ -305,7 +306,7 @@ def detect_drift_from_counts(
     the distance threshold per column.
     """
     _check_args(alpha, correction)
-    chosen = _pick_tests(profile, numeric_test, categorical_test, tests)
+    chosen = _pick_tests({n: c.kind for n, c in profile.columns.items()}, numeric_test, categorical_test, tests)
     results: dict[str, ColumnDrift] = {}
     skipped: list[str] = []
     n_cur_max = 0
@@ -322,7 +323,7 @@ def detect_drift_from_counts(
             skipped.append(name)
             continue
         statistic, p = chosen[name].on_counts(ref, cur, col)
-        results[name] = _column_result(name, col, chosen[name], statistic, p, alpha, thresholds,
+        results[name] = _column_result(name, col.kind, chosen[name], statistic, p, alpha, thresholds,
                                        int(ref.sum()), int(cur.sum()))
     return _finish(results, alpha, correction, profile.n_rows, n_cur_max, skipped)
 
@@ -357,45 +358,53 @@ def detect_drift(
     reference missing from ``current`` raise ``ValueError``; extra current columns are ignored.
     """
     _check_args(alpha, correction)
-    if isinstance(reference, BaselineProfile):
-        profile, ref_frame = reference, None
-    elif isinstance(reference, pd.DataFrame):
-        profile = reference_profile or build_profile(reference, n_bins=n_bins, categorical_columns=categorical_columns,
-                                                     max_categories=max(1, len(reference)))
-        ref_frame = reference
-    else:
-        raise TypeError(f"reference must be a DataFrame or BaselineProfile, not {type(reference).__name__}")
     if not isinstance(current, pd.DataFrame):
         raise TypeError(f"current must be a DataFrame, not {type(current).__name__}")
-    absent = [c for c in profile.columns if c not in current.columns]
-    if absent:
-        raise ValueError(f"current data lacks reference columns: {absent}")
-    chosen = _pick_tests(profile, numeric_test, categorical_test, tests)
-    if ref_frame is None or all(t.on_samples is None for t in chosen.values()):
-        return detect_drift_from_counts(profile, profile.bin_counts(current), alpha=alpha, numeric_test=numeric_test,
-                                        categorical_test=categorical_test, correction=correction, tests=tests,
-                                        thresholds=thresholds)
+    options = {"alpha": alpha, "numeric_test": numeric_test, "categorical_test": categorical_test,
+               "correction": correction, "tests": tests, "thresholds": thresholds}
+    if isinstance(reference, BaselineProfile):
+        _require_columns(list(reference.columns), current)
+        return detect_drift_from_counts(reference, reference.bin_counts(current), **options)
+    if not isinstance(reference, pd.DataFrame):
+        raise TypeError(f"reference must be a DataFrame or BaselineProfile, not {type(reference).__name__}")
+    names = [str(c) for c in reference.columns]
+    _require_columns(names, current)
+    if reference_profile is not None:
+        kinds = {n: reference_profile.columns[n].kind for n in names}
+    else:
+        forced = {str(c) for c in (categorical_columns or [])}
+        kinds = {n: CATEGORICAL if n in forced else infer_kind(reference[n]) for n in names}
+    chosen = _pick_tests(kinds, numeric_test, categorical_test, tests)
     results: dict[str, ColumnDrift] = {}
     skipped: list[str] = []
-    for name, col in profile.columns.items():
+    for name, kind in kinds.items():
         test = chosen[name]
         if test.on_samples is not None:
-            ref = _valid_values(ref_frame[name], col.kind)
-            cur = _valid_values(current[name], col.kind)
+            ref = _valid_values(reference[name], kind)
+            cur = _valid_values(current[name], kind)
             if ref.size == 0 or cur.size == 0:
                 skipped.append(name)
                 continue
             statistic, p = test.on_samples(ref, cur)
             n_ref, n_cur = ref.size, cur.size
         else:
+            # Bins built from this reference column only when a count-based test needs them.
+            col = (reference_profile.columns[name] if reference_profile is not None
+                   else profile_column(reference[name], name, kind, n_bins, max(1, len(reference))))
             ref_c, cur_c = col.bin_counts, np.asarray(col.count(current[name])[:-1])
             if ref_c.sum() == 0 or cur_c.sum() == 0:
                 skipped.append(name)
                 continue
             statistic, p = test.on_counts(ref_c, cur_c, col)
             n_ref, n_cur = int(ref_c.sum()), int(cur_c.sum())
-        results[name] = _column_result(name, col, test, statistic, p, alpha, thresholds, n_ref, n_cur)
-    return _finish(results, alpha, correction, len(ref_frame), len(current), skipped)
+        results[name] = _column_result(name, kind, test, statistic, p, alpha, thresholds, n_ref, n_cur)
+    return _finish(results, alpha, correction, len(reference), len(current), skipped)
+
+
+def _require_columns(names: list[str], current: pd.DataFrame) -> None:
+    absent = [c for c in names if c not in current.columns]
+    if absent:
+        raise ValueError(f"current data lacks reference columns: {absent}")
 
 
 # --- concept drift -------------------------------------------------------------------------------

@@ -203,12 +203,19 @@ def build_profile(
         series = frame[name]
         key = str(name)
         kind = CATEGORICAL if key in forced else infer_kind(series)
-        if kind == NUMERIC:
-            cols[key] = _numeric_profile(key, series, n_bins)
-        else:
-            cols[key] = _categorical_profile(key, series, max_categories)
+        cols[key] = profile_column(series, key, kind, n_bins, max_categories)
     duplicates = int(frame.duplicated().sum()) if len(frame.columns) else 0
     return BaselineProfile(columns=cols, n_rows=len(frame), duplicate_rows=duplicates)
+
+
+def profile_column(series: pd.Series, name: str, kind: str, n_bins: int = 10,
+                   max_categories: int = DEFAULT_MAX_CATEGORIES) -> ColumnProfile:
+    """Profile one column as ``kind`` (NUMERIC or CATEGORICAL)."""
+    if kind == NUMERIC:
+        return _numeric_profile(name, series, n_bins)
+    if kind == CATEGORICAL:
+        return _categorical_profile(name, series, max_categories)
+    raise ValueError(f"unknown kind {kind!r}")
 
 
 def add_counts(a: Mapping[str, list[int]], b: Mapping[str, list[int]]) -> dict[str, list[int]]:
@@ -318,31 +325,43 @@ def _numeric_profile(name: str, series: pd.Series, n_bins: int) -> ColumnProfile
     )
 
 
+def _category_label(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def category_strings(series: pd.Series) -> pd.Series:
     """Non-missing values as category labels: strings, with integral floats written as integers.
 
     So the code 1 stays "1" when a missing value turns the column into floats (1.0) in a later batch.
     """
     values = series.dropna()
-    if pd.api.types.is_float_dtype(values.dtype):
-        if len(values) and bool((values % 1 == 0).all()):
-            return values.astype("int64").astype(str)
+    if pd.api.types.is_float_dtype(values.dtype) and not (len(values) and bool((values % 1 == 0).all())):
         return values.astype(str)
-    if values.dtype == object:
-        return values.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+    if pd.api.types.is_float_dtype(values.dtype) or values.dtype == object:
+        # Label each distinct value once, not each row.
+        codes, uniques = pd.factorize(values)
+        labels = np.array([_category_label(u) for u in uniques], dtype=object)
+        return pd.Series(labels[codes], index=values.index, dtype=object)
     return values.astype(str)
+
+
+def category_counts(series: pd.Series) -> pd.Series:
+    """Counts per category label (see :func:`category_strings`), missing values excluded."""
+    counts = series.value_counts(dropna=True)
+    labels = [_category_label(v) for v in counts.index]
+    return counts.groupby(np.asarray(labels, dtype=object), sort=False).sum()
 
 
 def _categorical_counts(series: pd.Series, categories: list[str]) -> list[int]:
     missing = int(series.isna().sum())
-    observed = category_strings(series).value_counts()
+    observed = category_counts(series)
     counts = [int(observed.get(c, 0)) for c in categories]
     other = int(observed.sum()) - sum(counts)
     return [*counts, other, missing]
 
 
 def _categorical_profile(name: str, series: pd.Series, max_categories: int) -> ColumnProfile:
-    observed = category_strings(series).value_counts()
+    observed = category_counts(series)
     # Most frequent first; ties broken by name so the profile is deterministic.
     ordered = sorted(observed.items(), key=lambda kv: (-kv[1], kv[0]))[:max_categories]
     categories = [k for k, _ in ordered]
