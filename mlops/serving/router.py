@@ -394,7 +394,10 @@ class RouterApp:
     async def _forward(self, scope: Scope, body: bytes, version: str,
                        extra_headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, list, bytes]:
         assert self._client is not None, "router not started (lifespan)"
-        url = self.table.url_for(version) + scope["path"]
+        route = self.table.versions.get(version)
+        if route is None:  # the table was swapped between the decision and now, dropping this version
+            raise httpx.ConnectError(f"version {version} is no longer in the routing table")
+        url = route.url + scope["path"]
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
         headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
