@@ -11,6 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+# Each case starts a real `mlops` process (pandas + scipy imports): ~3 s apiece.
+pytestmark = pytest.mark.slow
+
 
 def _mlops(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mlops", "drift", *args], cwd=cwd, capture_output=True,
@@ -96,7 +99,6 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(files, args, reason):
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.slow
 def test_report_writes_an_evidently_html_file(files, tmp_path):
     pytest.importorskip("evidently")
     report = tmp_path / "out" / "drift.html"
