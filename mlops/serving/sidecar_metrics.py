@@ -49,7 +49,6 @@ FEATURE_BIN = "mlops_feature_bin_total"
 FEATURE_MISSING = "mlops_feature_missing_total"
 FEATURE_INVALID = "mlops_feature_invalid_total"
 
-MISSING_BIN = "missing"
 
 
 def label_str(value: Any) -> str:
