@@ -487,6 +487,8 @@ def _normalized(admin: Kube, ns: str, names: list[str]) -> dict:
         for (kind, obj_name), obj in owned_objects(admin, ns, name).items():
             meta = obj["metadata"]
             body = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+            if kind == "Service":  # allocated by the API server, differs per object
+                body["spec"] = {k: v for k, v in body["spec"].items() if k not in ("clusterIP", "clusterIPs")}
             text = json.dumps({"labels": meta.get("labels"), "annotations": meta.get("annotations"),
                                "owners": [(r["kind"], r["name"]) for r in meta.get("ownerReferences", [])],
                                "body": body}, sort_keys=True)
