@@ -45,7 +45,7 @@ build_kubernetes() {
   t0=$(date +%s)
   dir="$WORK/kubernetes-$K8S_VERSION"
   mkdir -p "$dir"
-  echo "building ${need[*]} $K8S_VERSION (cold: ~20-40 min on 2 cores)..."
+  echo "building ${need[*]} $K8S_VERSION (cold: 5 to 12 min on 2 cores)..."
   mod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
   [ -f "$mod" ] || { echo "error: could not download k8s.io/kubernetes@$K8S_VERSION" >&2; exit 1; }
   # k8s.io/kubernetes replaces its staging modules with ./staging paths, which a consumer cannot
