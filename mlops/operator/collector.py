@@ -101,12 +101,12 @@ class Collector:
                 urls.append(f"http://{status['podIP']}:{SIDECAR_PORT}/metrics")
         return urls
 
-    def _scrape(self, urls: list[str]) -> list[str]:
+    def _scrape(self, urls: list[str], *, trust_env: bool = True) -> list[str]:
         import httpx
 
         texts = []
         failures = []
-        with httpx.Client(timeout=self.timeout) as client:
+        with httpx.Client(timeout=self.timeout, trust_env=trust_env) as client:
             for url in urls:
                 try:
                     resp = client.get(url)
@@ -178,7 +178,8 @@ class Collector:
         elif self.prometheus_url:
             texts = [self._prometheus_text(cr)]
         else:
-            texts = self._scrape(self.pod_endpoints(cr))
+            # pod IPs are reached directly, never through an HTTP(S)_PROXY from the environment
+            texts = self._scrape(self.pod_endpoints(cr), trust_env=False)
         if not texts:
             return None
         snapshot = merge_snapshots(parse_metrics(t) for t in texts)

@@ -322,6 +322,10 @@ def build_registry(controller: Controller) -> Any:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=n.GROUP, key="last-handled-configuration"
         )
+        # No runtime observation of namespaces and CRDs: it needs cluster-wide list/watch on both (least
+        # privilege says no), and without it kopf retries 403s for ~30 s before using the named namespaces.
+        # The CRDs must therefore be installed before the operator starts.
+        settings.scanning.disabled = True
         settings.watching.server_timeout = 300
         settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
         settings.execution.max_workers = max(4, controller.config.workers * 2)
