@@ -375,25 +375,31 @@ def profile_binner(profile: Any) -> Any:
     bin indexes follow the profile's count layout without its trailing missing bucket. Features the
     profile does not know are ignored (they cannot drift against a baseline that lacks them).
     """
+    import numpy as np
     import pandas as pd
 
     from mlops.core.profile import as_numbers
 
     columns = list(profile.columns.items())
+    numeric = [name for name, column in columns if column.kind == "numeric"]
 
     def binner(rows: Sequence[Mapping[str, Any]]) -> tuple[dict, dict, dict]:
         bins: dict[tuple[str, str], int] = {}
         missing: dict[str, int] = {}
         invalid: dict[str, int] = {}
+        matrix = None
+        if numeric:
+            try:  # the common case: every numeric cell is a number or null -> one float matrix
+                matrix = np.array([[row.get(name) for name in numeric] for row in rows], dtype=float)
+            except (TypeError, ValueError):
+                matrix = None  # some cell is text: bin column by column, counting wrong types
+        position = {name: j for j, name in enumerate(numeric)}
         for name, column in columns:
-            values = [row.get(name) for row in rows]
             wrong = 0
-            if column.kind == "numeric" and all(
-                v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values
-            ):
-                series = pd.Series(values, dtype=float)  # None -> NaN: the fast, common path
+            if matrix is not None and name in position:
+                series = pd.Series(matrix[:, position[name]])
             else:
-                series = pd.Series(values, dtype=object)
+                series = pd.Series([row.get(name) for row in rows], dtype=object)
                 if column.kind == "numeric":
                     wrong = as_numbers(series)[2]
             counts = column.count(series)
