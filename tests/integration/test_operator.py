@@ -466,15 +466,15 @@ def test_metrics_from_two_real_sidecars_reach_status(cluster, admin, operator, m
     _send(serving_pairs[0][0], drifted.iloc[:150])
     _send(serving_pairs[1][0], drifted.iloc[150:])
 
-    def drifting():
+    def drift_collected():
         c = get_mdep(admin, ns, "alz")
-        return condition(c, "Drifting").get("status") == "True" and c
+        m = (c.get("status") or {}).get("metrics") or {}
+        return m.get("predictions") == total + 300 and condition(c, "Drifting").get("status") == "True" and c
 
-    cr = wait_until(drifting, 60, "Drifting condition", operator.tail)
+    cr = wait_until(drift_collected, 60, "all drifted traffic collected and Drifting=True", operator.tail)
     assert "age" in cr["status"]["metrics"]["driftedFeatures"]
     assert "score" not in cr["status"]["metrics"]["driftedFeatures"]
     assert "age" in condition(cr, "Drifting")["message"]
-    assert cr["status"]["metrics"]["predictions"] >= total + 300
     assert any(a["type"] == "Drift" for a in cr["status"]["alerts"])
     assert wait_until(lambda: events(admin, ns, "FeatureDrift"), 30, "drift Event")
 
