@@ -256,6 +256,7 @@ def test_examples_reconcile_to_ready_in_the_restricted_namespace(cluster, admin,
     assert not failed, [e["message"] for e in failed]
 
 
+@pytest.mark.slow
 def test_updates_touch_only_what_changed_prune_and_garbage_collection(cluster, admin, operator,
                                                                       module_namespaces, artifacts):
     ns = module_namespaces["main"]
