@@ -39,6 +39,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from mlops.core.prediction_id import InvalidPredictionId, sign_prediction_id, verify_prediction_id
+from mlops.serving.batching import BatchMode, MicroBatcher
 from mlops.serving.errors import ApiError, error_response, install_error_handlers, validation_error
 from mlops.serving.events import FeedbackEvent, prediction_id_key
 from mlops.serving.model_store import FeatureError, LoadedModel, ModelLoadError, ModelMetadata, load_model
@@ -57,6 +58,10 @@ logger = logging.getLogger(__name__)
 
 ADMIN_TOKEN_ENV = "MLOPS_ADMIN_TOKEN"
 THREAD_OFFLOAD_SECONDS = 0.002
+MAX_BATCH_ENV = "MLOPS_SERVE_MAX_BATCH"
+BATCH_MODE_ENV = "MLOPS_SERVE_BATCH_MODE"
+DEFAULT_MAX_BATCH = 64
+DEFAULT_BATCH_MODE = "inline"
 _JSON = "application/json"
 
 
@@ -103,6 +108,9 @@ class ProductionModelServer:
         flush_interval: float = 1.0,
         queue_capacity: int = 100_000,
         max_body_bytes: int = MAX_BODY_BYTES,
+        max_batch: int | None = None,
+        batch_mode: BatchMode | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.model_name = model_name
         self.enable_monitoring = enable_monitoring
@@ -144,6 +152,14 @@ class ProductionModelServer:
         self.sink = sink
         self.recorder = Recorder(sink, capacity=queue_capacity, flush_interval=flush_interval)
         self._closed = False
+        max_batch = max_batch if max_batch is not None else int(os.environ.get(MAX_BATCH_ENV, DEFAULT_MAX_BATCH))
+        mode = batch_mode or os.environ.get(BATCH_MODE_ENV) or DEFAULT_BATCH_MODE
+        if mode not in ("inline", "thread"):
+            raise ValueError(f"batch_mode must be 'inline' or 'thread', got {mode!r}")
+        self.batch_mode: BatchMode = mode  # type: ignore[assignment]
+        # max_batch 0 turns micro-batching off (each request predicted alone, as before).
+        self.batcher = (MicroBatcher(max_batch, mode_for=self._batch_mode_for) if max_batch > 0 else None)
+        self.fast_path = fast_path
 
         from prometheus_client import CollectorRegistry
 
@@ -167,6 +183,9 @@ class ProductionModelServer:
             logger.warning("A/B testing unavailable (%s)", exc)
             return None
         return ABTestingManager()
+
+    def _batch_mode_for(self, model: LoadedModel) -> BatchMode:
+        return "thread" if model.version in self._slow else self.batch_mode
 
     def _feature_names(self, version: str) -> list[str]:
         model = self.models.get(version)
@@ -358,9 +377,7 @@ class ProductionModelServer:
                 raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
             labels, confidence = model.predict(rows)
             for i, label in enumerate(labels):
-                out.append({"prediction": label, "model_version": model.version, "variant": None,
-                            "user_id": user_ids[i], "confidence": confidence[i],
-                            "prediction_id": self._new_id(model.version, label)})
+                out.append(self._result(model.version, label, confidence[i], user_ids[i]))
         else:
             self._model()
             for features, user_id in zip(feature_rows, user_ids, strict=True):
@@ -376,13 +393,19 @@ class ProductionModelServer:
                 r["prediction_id"] = self._new_id(r["model_version"], r["prediction"], nonce)
                 out.append(r)
         latency = (time.perf_counter() - start) / max(1, len(out))
-        name = self.model_name
         for features, r in zip(feature_rows, out, strict=True):
-            version = r["model_version"]
-            self.predictions_by_version[version] = self.predictions_by_version.get(version, 0) + 1
-            self.recorder.record(PredictionRecord(
-                r["prediction_id"], name, version, now, latency, features, r["prediction"], r["confidence"]))
+            self._count_and_record(r, features, now, latency)
         return out
+
+    def _result(self, version: str, label: Any, confidence: float | None, user_id: str | None) -> dict[str, Any]:
+        return {"prediction": label, "model_version": version, "variant": None, "user_id": user_id,
+                "confidence": confidence, "prediction_id": self._new_id(version, label)}
+
+    def _count_and_record(self, r: dict[str, Any], features: dict, now: float, latency: float) -> None:
+        version = r["model_version"]
+        self.predictions_by_version[version] = self.predictions_by_version.get(version, 0) + 1
+        self.recorder.record(PredictionRecord(
+            r["prediction_id"], self.model_name, version, now, latency, features, r["prediction"], r["confidence"]))
 
     def _record_error(self, version: str | None, features: dict) -> None:
         self.error_count += 1
@@ -463,6 +486,8 @@ class ProductionModelServer:
             self.recorder.flush()
             body.update(self.monitor.get_monitoring_summary(hours=hours))
         body["recording"] = self.recording_stats()
+        body["batching"] = ({"mode": self.batch_mode, "max_batch": self.batcher.max_batch, **self.batcher.stats()}
+                            if self.batcher is not None else None)
         body["predictions_served"] = dict(self.predictions_by_version)
         body["feedback_received"] = self.feedback_count
         return body
@@ -477,17 +502,17 @@ class ProductionModelServer:
         if self._closed:
             return
         self._closed = True
+        if self.batcher is not None:
+            self.batcher.close()
         self.recorder.close()
         logger.info("monitoring drained: %s", self.recording_stats())
 
     # ----------------------------------------------------------------- HTTP
-    async def _body(self, request: Request, model: type[BaseModel]) -> Any:
-        content_type = request.headers.get("content-type", "")
+    def _check_headers(self, content_type: str, declared: str | None) -> None:
         media = content_type.split(";", 1)[0].strip().lower()
         if media != _JSON and not media.endswith("+json"):
             raise ApiError(415, "unsupported_media_type",
                            f"Content-Type must be application/json, got {content_type or 'none'!r}")
-        declared = request.headers.get("content-length")
         if declared is not None:
             try:
                 too_big = int(declared) > self.max_body_bytes
@@ -495,14 +520,8 @@ class ProductionModelServer:
                 raise ApiError(400, "bad_request", "invalid Content-Length header") from None
             if too_big:
                 raise ApiError(413, "body_too_large", f"request body over {self.max_body_bytes} bytes")
-            body = await request.body()
-        else:
-            chunks = bytearray()
-            async for chunk in request.stream():
-                chunks.extend(chunk)
-                if len(chunks) > self.max_body_bytes:
-                    raise ApiError(413, "body_too_large", f"request body over {self.max_body_bytes} bytes")
-            body = bytes(chunks)
+
+    def _validate(self, body: bytes, model: type[BaseModel]) -> Any:
         if len(body) > self.max_body_bytes:
             raise ApiError(413, "body_too_large", f"request body over {self.max_body_bytes} bytes")
         if not body:
@@ -511,6 +530,77 @@ class ProductionModelServer:
             return model.model_validate_json(body)
         except ValidationError as exc:
             raise validation_error(list(exc.errors(include_url=False))) from None
+
+    async def _body(self, request: Request, model: type[BaseModel]) -> Any:
+        declared = request.headers.get("content-length")
+        self._check_headers(request.headers.get("content-type", ""), declared)
+        if declared is not None:
+            body = await request.body()
+        else:
+            chunks = bytearray()
+            async for chunk in request.stream():
+                chunks.extend(chunk)
+                if len(chunks) > self.max_body_bytes:
+                    raise ApiError(413, "body_too_large", f"request body over {self.max_body_bytes} bytes")
+            body = bytes(chunks)
+        return self._validate(body, model)
+
+    async def _predict_one(self, req: PredictRequest) -> dict[str, Any]:
+        """One /predict request: experiments in a worker thread, plain ones through the micro-batcher."""
+        try:
+            if req.experiment_name is not None:
+                return (await run_in_threadpool(
+                    self._predict_rows, [req.features], [req.user_id], req.experiment_name))[0]
+            if self.batcher is None:
+                if self.current_model_version in self._slow:
+                    return (await run_in_threadpool(self._predict_rows, [req.features], [req.user_id], None))[0]
+                return self._predict_rows([req.features], [req.user_id], None)[0]
+            model = self._model()
+            try:
+                row = model.row(req.features)
+            except FeatureError as exc:
+                raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
+        except ApiError:
+            self._record_error(None, req.features)
+            raise
+        start = time.perf_counter()
+        now = self.clock()
+        label, confidence = await self.batcher.predict(model, row)
+        result = self._result(model.version, label, confidence, req.user_id)
+        self._count_and_record(result, req.features, now, time.perf_counter() - start)
+        return result
+
+    async def _asgi_predict(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """``POST /predict`` as a raw ASGI handler: the same validation, errors and answer as the
+        documented FastAPI route, without the middleware and dependency machinery around it."""
+        self.request_count += 1
+        start = time.perf_counter()
+        try:
+            content_type, declared = "", None
+            for name, value in scope["headers"]:
+                if name == b"content-type":
+                    content_type = value.decode("latin-1")
+                elif name == b"content-length":
+                    declared = value.decode("latin-1")
+            self._check_headers(content_type, declared)
+            body = await _read_body(receive, self.max_body_bytes)
+            if body is None:
+                return  # the client went away
+            result = await self._predict_one(self._validate(body, PredictRequest))
+            result["latency_ms"] = round((time.perf_counter() - start) * 1000.0, 3)
+            result["timestamp"] = _iso(self.clock())
+            status, payload = 200, orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
+        except ApiError as exc:
+            status, payload = exc.status, orjson.dumps({"error": exc.code, "message": exc.message, "field": exc.field})
+        except Exception:
+            logger.exception("unhandled error on POST /predict")
+            status, payload = 500, orjson.dumps({"error": "internal_error",
+                                                 "message": "internal server error; see the server log",
+                                                 "field": None})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
 
     def _check_admin(self, request: Request) -> None:
         if not self._admin_token:
@@ -528,13 +618,15 @@ class ProductionModelServer:
             yield
             await run_in_threadpool(server.close)
 
-        app = FastAPI(
+        app = _ServerApp(
             title=f"mlops model server: {self.model_name}",
             description="Predictions with monitoring, A/B experiments and signed prediction ids.",
             version="1",
             lifespan=lifespan,
         )
         install_error_handlers(app)
+        if self.fast_path:
+            app.fast_predict = self._asgi_predict
         body_doc = _body_doc
 
         @app.get("/health")
@@ -552,19 +644,7 @@ class ProductionModelServer:
             server.request_count += 1
             start = time.perf_counter()
             req = await server._body(request, PredictRequest)
-            version = server.current_model_version
-            try:
-                rows = [req.features]
-                if req.experiment_name is not None:
-                    result = (await run_in_threadpool(
-                        server._predict_rows, rows, [req.user_id], req.experiment_name))[0]
-                elif version in server._slow:
-                    result = (await run_in_threadpool(server._predict_rows, rows, [req.user_id], None))[0]
-                else:
-                    result = server._predict_rows(rows, [req.user_id], None)[0]
-            except ApiError:
-                server._record_error(None, req.features)
-                raise
+            result = await server._predict_one(req)
             result["latency_ms"] = round((time.perf_counter() - start) * 1000.0, 3)
             result["timestamp"] = _iso(server.clock())
             return _json(result)
@@ -679,6 +759,39 @@ class ProductionModelServer:
             uvicorn.run(self.app, host=host, port=port, log_level=log_level, access_log=False)
         finally:
             self.close()
+
+
+class _ServerApp(FastAPI):
+    """FastAPI, except that ``POST /predict`` (the hot path) goes straight to a raw ASGI handler.
+
+    The FastAPI route stays registered: it documents ``/predict`` in /openapi.json and serves it
+    when the fast path is off (``fast_path=False``)."""
+
+    fast_predict: Callable | None = None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if (self.fast_predict is not None and scope["type"] == "http" and scope["method"] == "POST"
+                and (scope["path"] == "/predict" or scope["path"] == scope.get("root_path", "") + "/predict")):
+            await self.fast_predict(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+async def _read_body(receive: Callable, limit: int) -> bytes | None:
+    """The whole request body (413 past ``limit``), or None when the client disconnected."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"request body over {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _body_doc(request_model: str, response_model: str | None = None) -> dict[str, Any]:

@@ -205,3 +205,69 @@ def test_openapi_documents_request_bodies(client):
     assert body == {"$ref": "#/components/schemas/PredictRequest"}
     assert "PredictRequest" in spec["components"]["schemas"]
     assert client.get("/docs").status_code == 200
+
+
+BAD_BODIES = [
+    (b'{"features": {"a": 1', "application/json"),
+    (b'{"features": {"a": 1, "b": 2}}', "text/plain"),
+    (b'{"features": {"a": 1}}', "application/json"),
+    (b'{"features": {"a": 1, "b": 2}, "colour": "red"}', "application/json"),
+    (b'{"features": {"a": "high", "b": 2}}', "application/json"),
+    (b'{"features": {"a": true, "b": 2}}', "application/json"),
+    (b'{"features": {"a": 1, "b": 2}, "user_id": ""}', "application/json"),
+    (b'{"features": {"a": 1, "b": 2}, "experiment_name": "nope"}', "application/json"),
+    (b"[]", "application/json"),
+    (b"", "application/json"),
+]
+
+
+def test_fast_predict_path_answers_exactly_like_the_fastapi_route(artifacts):
+    """/predict is served by a raw ASGI handler; the documented FastAPI route (fast_path=False) must
+    give the very same statuses and error bodies."""
+    answers = []
+    for fast in (True, False):
+        srv = create_production_server("m", enable_ab_testing=False, prediction_key=KEY, fast_path=fast,
+                                       registry=CollectorRegistry())
+        srv.load_model_version("v1", uri=artifacts["v1"][0])
+        with TestClient(srv.app) as c:
+            got = []
+            for body, content_type in BAD_BODIES:
+                r = c.post("/predict", content=body, headers={"content-type": content_type})
+                got.append((r.status_code, r.headers["content-type"], r.json()))
+            ok = c.post("/predict", json={"features": ROW, "user_id": "u"}).json()
+            got.append({k: v for k, v in ok.items() if k not in ("prediction_id", "latency_ms", "timestamp")})
+            too_big = c.post("/predict", content=b"x" * (srv.max_body_bytes + 1),
+                             headers={"content-type": "application/json"})
+            got.append((too_big.status_code, too_big.json()["error"]))
+        srv.close()
+        answers.append(got)
+    assert answers[0] == answers[1]
+    assert all(status >= 400 for status, _, _ in answers[0][: len(BAD_BODIES)])
+    assert answers[0][-1] == (413, "body_too_large")
+
+
+def test_concurrent_predictions_are_batched_and_equal_one_row_predictions(server):
+    import asyncio
+
+    import httpx
+
+    rng = np.random.default_rng(7)
+    rows = [{"a": float(a), "b": float(b)} for a, b in rng.normal(size=(200, 2))]
+
+    async def fire() -> list[dict]:
+        transport = httpx.ASGITransport(app=server.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            responses = await asyncio.gather(*(c.post("/predict", json={"features": r}) for r in rows))
+        return [r.json() for r in responses]
+
+    got = asyncio.run(fire())
+    model = server.models["v1"]
+    for answer, features in zip(got, rows, strict=True):
+        labels, confidence = model.predict([model.row(features)])
+        assert answer["prediction"] == labels[0]
+        assert answer["confidence"] == pytest.approx(confidence[0], rel=1e-12, abs=0)
+        assert verify_prediction_id(KEY, answer["prediction_id"]).prediction == str(labels[0])
+    assert server.batcher.stats()["max_batch_seen"] > 1
+    assert server.batcher.stats()["rows"] == 200
+    server.recorder.flush()
+    assert server.recording_stats()["written"] == 200
