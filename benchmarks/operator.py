@@ -5,8 +5,8 @@ Measures, with `mlops operator` running as a subprocess under its own ServiceAcc
   version Deployment's ADDED event on a watch (p50, p95 over --samples sequential creates);
 - convergence: time from the first of --count ModelDeployments being applied (concurrently, 8 clients)
   until every one reports phase Ready with observedGeneration == generation (KWOK pods). They have
-  --versions versions each (default 1: the local control plane's /24 Service CIDR holds ~250 ClusterIPs,
-  and each ModelDeployment takes 1 + versions Services).
+  --versions versions each (default 2; each ModelDeployment then owns 8 objects and 3 Services, which the
+  local control plane's /20 Service range has room for).
 
     python benchmarks/operator.py                      # starts (and stops) a local control plane
     python benchmarks/operator.py --cluster-dir .cluster  # reuses one started by `make cluster`
@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("--cluster-dir", help="reuse a cluster started with `python -m mlops.testing.cluster up`")
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--count", type=int, default=100)
-    parser.add_argument("--versions", type=int, default=1, help="versions per ModelDeployment in the convergence run")
+    parser.add_argument("--versions", type=int, default=2, help="versions per ModelDeployment in the convergence run")
     parser.add_argument("--nodes", type=int, default=5, help="fake KWOK nodes when starting a cluster")
     args = parser.parse_args()
 
@@ -127,8 +127,7 @@ def main() -> int:
             latencies.append(seen[f"{name}-v1"] - t0)
             time.sleep(0.2)
         stop.set()
-        # The local control plane's Service CIDR is a /24 (~250 ClusterIPs): free the samples' Services
-        # and converge single-version ModelDeployments (router + one version = 2 Services, 2 pods each).
+        # Free the latency samples' objects so the convergence run starts from an idle cluster.
         cluster.kubectl("delete", "namespace", lat_ns, "--wait=true", "--timeout=120s")
 
         # ---- N ModelDeployments converge ---------------------------------------------------------

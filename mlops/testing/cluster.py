@@ -497,6 +497,10 @@ def start_cluster(
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--use-service-account-credentials=true",
+                # The default 20 QPS makes Deployment -> ReplicaSet -> Pod creation, not the system
+                # under test, the bottleneck once a test creates hundreds of objects.
+                "--kube-api-qps=100",
+                "--kube-api-burst=200",
             ],
         )
         sched_kubeconfig = config / "scheduler.kubeconfig"
