@@ -53,6 +53,12 @@ class EventBatch(BaseModel):
 
     predictions: list[PredictionEvent] = Field(default_factory=list)
     feedback: list[FeedbackEvent] = Field(default_factory=list)
+    batch_id: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="unique per batch and kept across retries: the sidecar applies a batch id once, so a "
+                    "retry after a lost response is not counted twice (optional: batches without one are "
+                    "always applied)",
+    )
 
 
 class EventsAccepted(BaseModel):

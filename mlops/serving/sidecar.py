@@ -16,6 +16,7 @@ process, and lets the server stay a thin, fast prediction loop.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -30,6 +31,30 @@ from mlops.serving.sidecar_metrics import SidecarRecorder, SnapshotCollector, pr
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# A server retries a batch within seconds; at one flush a second per replica this remembers hours.
+DEFAULT_BATCH_ID_MEMORY = 10_000
+
+
+class RecentIds:
+    """The last ``capacity`` ids seen (insertion order; the oldest is forgotten first)."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, item: str) -> bool:
+        return item in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, item: str) -> None:
+        self._ids[item] = None
+        self._ids.move_to_end(item)
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
 
 
 class _ORJSONResponse(JSONResponse):
@@ -48,6 +73,7 @@ def create_sidecar_app(
     baseline_accuracy: float | None = None,
     registry: CollectorRegistry | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    batch_id_memory: int = DEFAULT_BATCH_ID_MEMORY,
 ) -> FastAPI:
     """Build the sidecar's ASGI app. ``profile`` is a ``mlops.core.profile.BaselineProfile`` (or None:
     then no feature bins, drift or data quality are counted). The recorder is ``app.state.recorder``."""
@@ -58,6 +84,9 @@ def create_sidecar_app(
                       registry=registry)
     rejected = Counter("mlops_sidecar_rejected_batches", "Event batches refused (malformed or too large).",
                        ["reason"], registry=registry)
+    duplicates = Counter("mlops_sidecar_duplicate_batches", "Event batches ignored: their batch_id was already "
+                         "applied (a retry after a lost response).", registry=registry)
+    applied = RecentIds(batch_id_memory)
 
     app = FastAPI(title="mlops sidecar", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.recorder = recorder
@@ -86,8 +115,14 @@ def create_sidecar_app(
                 {"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()[:20]
             ]
             return _error(422, "invalid event batch", details=problems)
+        if batch.batch_id is not None and batch.batch_id in applied:
+            duplicates.inc()
+            return _ORJSONResponse({"accepted": 0, "duplicate_batch": batch.batch_id}, status_code=202)
+        # No await between applying and remembering: a concurrent retry cannot slip in between.
         recorder.record_predictions(batch.predictions)
         recorder.record_feedback(batch.feedback)
+        if batch.batch_id is not None:
+            applied.add(batch.batch_id)
         batches.inc()
         return _ORJSONResponse({"accepted": len(batch.predictions) + len(batch.feedback)}, status_code=202)
 

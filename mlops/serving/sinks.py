@@ -15,7 +15,9 @@ monitoring sidecar in the same pod.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -99,7 +101,11 @@ class MonitorSink:
 
 
 class SidecarSink:
-    """POSTs ``{"predictions": [...], "feedback": [...]}`` to ``<sidecar>/v1/events``."""
+    """POSTs ``{"predictions": [...], "feedback": [...], "batch_id": ...}`` to ``<sidecar>/v1/events``.
+
+    A failed POST is retried with the same body: when only the response was lost the sidecar has
+    already applied the batch, and its ``batch_id`` (unique per batch, the same on every retry) makes
+    the sidecar ignore the repeat instead of counting it twice."""
 
     def __init__(self, base_url: str, timeout: float = 5.0, retries: int = 2) -> None:
         import httpx
@@ -107,6 +113,8 @@ class SidecarSink:
         self.url = base_url.rstrip("/") + EVENTS_PATH
         self.retries = retries
         self._client = httpx.Client(timeout=timeout)
+        self._batch_prefix = f"{secrets.token_hex(8)}-"
+        self._batches = itertools.count()
 
     def write(self, predictions: list[PredictionRecord], feedback: list[FeedbackEvent]) -> None:
         import httpx
@@ -128,6 +136,7 @@ class SidecarSink:
                     for r in predictions
                 ],
                 "feedback": [e.model_dump() for e in feedback],
+                "batch_id": f"{self._batch_prefix}{next(self._batches)}",
             }
         )
         last: Exception | None = None
