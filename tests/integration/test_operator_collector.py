@@ -1,16 +1,23 @@
 """The collector's three sources give the sidecar's own numbers: the endpoint override (two real HTTP
 servers on loopback serving sidecar expositions) and the Prometheus query API (a loopback server
-answering /api/v1/query with the same series, as Prometheus would after scraping both pods).
+answering /api/v1/query with the same series, as Prometheus would after scraping both pods, and a real
+Prometheus server from Debian scraping the two endpoints).
 No cluster needed: neither source touches the API server without a baseline profile reference.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,9 +30,11 @@ from mlops.serving.sidecar_metrics import (
     render_metrics,
     summarize,
 )
+from mlops.testing.cluster import free_port
 
 pytestmark = pytest.mark.integration
 T = "2026-01-01T00:00:00Z"
+PROMETHEUS = shutil.which("prometheus")
 
 
 def snapshot(n_pred, correct, wrong, errors, fast, slow) -> SidecarSnapshot:
@@ -131,3 +140,64 @@ def test_prometheus_query_api_gives_the_same_numbers():
         assert prom.paths and prom.paths[0].startswith("/api/v1/query")
     finally:
         prom.close()
+
+
+@pytest.fixture
+def prometheus_binary():
+    if PROMETHEUS is None:
+        if os.environ.get("CI"):
+            pytest.fail("prometheus is not installed; .ci/run installs Debian's prometheus package")
+        pytest.skip("Debian's prometheus package is not installed (apt-get install prometheus)")
+    return PROMETHEUS
+
+
+def test_real_prometheus_scrape_then_query_gives_the_sidecars_numbers(tmp_path, prometheus_binary):
+    servers = [_Server(lambda path, s=s: (200, "text/plain", render_metrics(s).encode())) for s in (A, B)]
+    targets = "\n".join(
+        f"""      - targets: ["{srv.url.removeprefix('http://')}"]
+        labels: {{namespace: "ns", pod: "alz-v1-5d4f-{i}"}}"""
+        for i, srv in enumerate(servers)
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        f"""global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: sidecars
+    static_configs:
+{targets}
+"""
+    )
+    port = free_port()
+    log = (tmp_path / "prometheus.log").open("w")
+    proc = subprocess.Popen(
+        [prometheus_binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            try:
+                r = httpx.get(f"{url}/api/v1/query", params={"query": "count(mlops_predictions_total)"}, timeout=2)
+                result = r.json()["data"]["result"] if r.status_code == 200 else []
+                if result and result[0]["value"][1] == "2":
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus did not scrape both sidecars within 60 s"
+            time.sleep(0.5)
+
+        got = Collector(None, prometheus_url=url).collect(cr(), normalize_spec(cr()["spec"]), T)
+        assert got == EXPECTED
+        assert got["predictions"] == 200
+        assert got["accuracy"] == pytest.approx(100 / 140)
+        assert got["errorRate"] == pytest.approx(2 / 200)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+        for srv in servers:
+            srv.close()
