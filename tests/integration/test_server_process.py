@@ -147,3 +147,31 @@ def test_server_sends_events_to_a_real_sidecar(tmp_path):
             if p is not None and p.poll() is None:
                 p.terminate()
                 p.wait(30)
+
+
+def test_two_workers_serve_and_drain(tmp_path, monkeypatch):
+    """`mlops serve --workers 2` (the uvicorn factory path): both worker processes answer, and on
+    SIGTERM each drains its monitoring queue into the shared SQLite store."""
+    from mlops.core.prediction_id import verify_prediction_id
+
+    monkeypatch.setenv("MLOPS_PREDICTION_ID_KEY", "two-workers-key")
+    proc, port = _start(tmp_path, "--workers", "2", "--flush-interval", "30")
+    served: list[str] = []
+    try:
+        for i in range(60):  # a fresh connection per request, so the kernel hands them to both workers
+            r = httpx.post(f"http://127.0.0.1:{port}/predict", json={"features": {"a": float(i % 5), "b": 1.0}},
+                           timeout=10, headers={"connection": "close"})
+            assert r.status_code == 200, r.text
+            served.append(r.json()["prediction_id"])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    key = b"two-workers-key"
+    workers = {verify_prediction_id(key, pid).nonce[:8] for pid in served}  # per-process id prefix
+    assert len(workers) == 2
+    from mlops.monitoring.production_monitor import create_production_monitor
+
+    recorded = create_production_monitor("sigterm-model").get_monitoring_summary(hours=1)["total_predictions"]
+    assert recorded == len(served)
