@@ -241,6 +241,21 @@ def start_mlserver(ws: Workspace, workers: int, venv: Path) -> Running:
     return running
 
 
+def ours_stats(running: Running) -> dict:
+    """Monitoring and batching counters of one of our worker processes (whichever answers): proof
+    that every prediction was recorded (dropped == 0) and how large the micro-batches were."""
+    url = running.url.rsplit("/", 1)[0] + "/monitoring/status?hours=1"
+    try:
+        status = httpx.get(url, timeout=30).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"error": str(exc)}
+    recording = status.get("recording") or {}
+    batching = status.get("batching") or {}
+    return {"recorded": recording.get("recorded"), "written": recording.get("written"),
+            "dropped": recording.get("dropped"), "failed": recording.get("failed"),
+            "mean_batch": batching.get("mean_batch"), "max_batch_seen": batching.get("max_batch_seen")}
+
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
@@ -289,6 +304,8 @@ def measure(starter: Callable[[int], Running], name: str, workers: int, connecti
             if warmup > 0:
                 run_wrk(running, conns, warmup, root / "warmup.lua")
             result = run_wrk(running, conns, duration, root / f"{name}.lua")
+            if name.startswith("ours"):
+                result["server_stats"] = ours_stats(running)
             cells.append({"server": name, "workers": workers, "connections": conns, **running.config, **result})
             print(f"# {name} workers={workers} c={conns}: {result['rps']:.0f} req/s, p50 {result['p50_ms']} ms, "
                   f"p99 {result['p99_ms']} ms, non-2xx {result['non_2xx']}", file=sys.stderr, flush=True)
