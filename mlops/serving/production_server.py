@@ -766,12 +766,14 @@ class _ServerApp(FastAPI):
     """FastAPI, except that ``POST /predict`` (the hot path) goes straight to a raw ASGI handler.
 
     The FastAPI route stays registered: it documents ``/predict`` in /openapi.json and serves it
-    when the fast path is off (``fast_path=False``)."""
+    when the fast path is off (``fast_path=False``) or once middleware was added to the app (so
+    middleware a user adds, e.g. CORS or auth, also sees ``/predict``)."""
 
     fast_predict: Callable | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if (self.fast_predict is not None and scope["type"] == "http" and scope["method"] == "POST"
+        if (self.fast_predict is not None and not self.user_middleware and scope["type"] == "http"
+                and scope["method"] == "POST"
                 and (scope["path"] == "/predict" or scope["path"] == scope.get("root_path", "") + "/predict")):
             await self.fast_predict(scope, receive, send)
             return

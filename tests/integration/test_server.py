@@ -271,3 +271,16 @@ def test_concurrent_predictions_are_batched_and_equal_one_row_predictions(server
     assert server.batcher.stats()["rows"] == 200
     server.recorder.flush()
     assert server.recording_stats()["written"] == 200
+
+
+def test_middleware_added_by_a_user_also_sees_predict(server):
+    seen = []
+
+    @server.app.middleware("http")
+    async def spy(request, call_next):
+        seen.append(request.url.path)
+        return await call_next(request)
+
+    with TestClient(server.app) as c:
+        assert c.post("/predict", json={"features": ROW}).status_code == 200
+    assert seen == ["/predict"]
