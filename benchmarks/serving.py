@@ -6,8 +6,12 @@ measured in the same session with the same model, the same single JSON row and t
 generator (`wrk` from Debian, POST bodies via a Lua script), at 16 and 64 connections, 1 and 2
 workers. Prints one JSON document: req/s, p50, p99 per cell, and the ratios.
 
-    python benchmarks/serving.py                      # all servers, 10 s per cell (about 8-12 minutes)
-    python benchmarks/serving.py --servers ours,fastapi --duration 5
+    python benchmarks/serving.py                      # all servers, 10 s per cell (about 5 minutes)
+    python benchmarks/serving.py --rounds 3           # medians of 3 rotated rounds (about 15 minutes)
+    python benchmarks/serving.py --servers ours,fastapi --workers 2 --connections 64 --duration 5
+
+Cells of our server also carry ``server_stats`` (from one worker's /monitoring/status): records
+recorded/written/dropped, to show monitoring kept up, and the mean/max micro-batch size.
 
 Servers:
 - ``ours``: ``mlops serve`` with in-process monitoring (the standalone default: predictions recorded
