@@ -70,6 +70,7 @@ class MicroBatcher:
         self._scheduled = False
         self._busy = False
         self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.batches_total = 0
         self.rows_total = 0
         self.max_batch_seen = 0
@@ -77,6 +78,10 @@ class MicroBatcher:
     async def predict(self, model: BatchModel, row: list[Any]) -> tuple[Any, float | None]:
         """Label and confidence of ``row``; raises what predicting the row alone would raise."""
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # A new event loop (e.g. a test client started again): whatever the old one left
+            # behind can never be delivered there, so start afresh.
+            self._loop, self._pending, self._scheduled, self._busy = loop, [], False, False
         future = loop.create_future()
         self._pending.append((model, row, future))
         if not self._scheduled and not self._busy:

@@ -139,3 +139,18 @@ def test_cancelled_requests_are_skipped():
     got = asyncio.run(cancel_one())
     assert isinstance(got[3], asyncio.CancelledError)
     assert sum(isinstance(g, tuple) for g in got) == 9
+
+
+def test_a_batcher_left_mid_batch_by_a_closed_loop_works_on_the_next_loop():
+    model = _model()
+    batcher = MicroBatcher()
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(batcher.predict(model, _rows(1)[0]))
+    loop.call_soon(loop.stop)
+    loop.run_forever()  # the request is queued and its drain scheduled, but the loop stops first
+    assert not task.done()
+    task.cancel()
+    loop.close()
+    rows = _rows(3)
+    got = asyncio.run(asyncio.wait_for(_concurrently(batcher, model, rows), timeout=10))
+    _assert_same(got, [(lab[0], conf[0]) for lab, conf in (model.predict([row]) for row in rows)])
