@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="most single-row /predict requests answered by one model call (0: no micro-batching; "
+                        "default 64, or $MLOPS_SERVE_MAX_BATCH)")
+    p.add_argument("--batch-mode", choices=["inline", "thread"], default=None,
+                   help="run micro-batches on the event loop or in one dedicated thread "
+                        "(default inline, or $MLOPS_SERVE_BATCH_MODE)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
 
@@ -95,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = _options(args)
+    if args.max_batch is not None:
+        if args.max_batch < 0:
+            raise UsageError("--max-batch must be >= 0")
+        os.environ["MLOPS_SERVE_MAX_BATCH"] = str(args.max_batch)  # worker processes inherit it
+    if args.batch_mode is not None:
+        os.environ["MLOPS_SERVE_BATCH_MODE"] = args.batch_mode
     if args.workers > 1:
         os.environ["MLOPS_SERVE_OPTIONS"] = orjson.dumps(options).decode()
         uvicorn.run("mlops.serving.production_server:app_from_env", factory=True, host=args.host,
