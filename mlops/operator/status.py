@@ -150,6 +150,12 @@ def reconcile_status(
     return status
 
 
+def is_drifting(metrics: Mapping[str, Any], thresholds: Mapping[str, float]) -> bool:
+    """Drift as the status reports it: a named drifted feature, or a drift score at the threshold."""
+    score = metrics.get("driftScore")
+    return bool(metrics.get("driftedFeatures")) or (score is not None and score >= thresholds["driftThreshold"])
+
+
 def evaluate_alerts(
     metrics: Mapping[str, Any],
     thresholds: Mapping[str, float],
@@ -161,28 +167,29 @@ def evaluate_alerts(
     def add(severity: str, kind: str, message: str) -> None:
         alerts.append({"severity": severity, "type": kind, "message": message})
 
+    def ladder(value: float, critical_key: str, warning_key: str, kind: str, describe) -> None:
+        """CRITICAL at or past the critical threshold, else WARNING at or past the warning one."""
+        for severity, key in (("CRITICAL", critical_key), ("WARNING", warning_key)):
+            if value >= thresholds[key]:
+                add(severity, kind, describe(thresholds[key]))
+                return
+
     acc = metrics.get("accuracy")
     if acc is not None and baseline_accuracy is not None:
         drop = baseline_accuracy - acc
-        if drop >= thresholds["criticalAccuracyDrop"]:
-            add("CRITICAL", "AccuracyDrop", f"accuracy {acc:.4f} is {drop:.4f} below baseline {baseline_accuracy:.4f}")
-        elif drop >= thresholds["warningAccuracyDrop"]:
-            add("WARNING", "AccuracyDrop", f"accuracy {acc:.4f} is {drop:.4f} below baseline {baseline_accuracy:.4f}")
+        ladder(drop, "criticalAccuracyDrop", "warningAccuracyDrop", "AccuracyDrop",
+               lambda _t: f"accuracy {acc:.4f} is {drop:.4f} below baseline {baseline_accuracy:.4f}")
     err = metrics.get("errorRate")
     if err is not None:
-        if err >= thresholds["criticalErrorRate"]:
-            add("CRITICAL", "ErrorRate", f"error rate {err:.4f} >= {thresholds['criticalErrorRate']}")
-        elif err >= thresholds["warningErrorRate"]:
-            add("WARNING", "ErrorRate", f"error rate {err:.4f} >= {thresholds['warningErrorRate']}")
+        ladder(err, "criticalErrorRate", "warningErrorRate", "ErrorRate",
+               lambda t: f"error rate {err:.4f} >= {t}")
     p95 = metrics.get("latencyP95Ms")
     if p95 is not None:
-        if p95 >= thresholds["criticalLatencyMs"]:
-            add("CRITICAL", "Latency", f"p95 latency {p95:.1f} ms >= {thresholds['criticalLatencyMs']} ms")
-        elif p95 >= thresholds["warningLatencyMs"]:
-            add("WARNING", "Latency", f"p95 latency {p95:.1f} ms >= {thresholds['warningLatencyMs']} ms")
-    drift = metrics.get("driftScore")
-    drifted = list(metrics.get("driftedFeatures") or [])
-    if drifted or (drift is not None and drift >= thresholds["driftThreshold"]):
+        ladder(p95, "criticalLatencyMs", "warningLatencyMs", "Latency",
+               lambda t: f"p95 latency {p95:.1f} ms >= {t} ms")
+    if is_drifting(metrics, thresholds):
+        drift = metrics.get("driftScore")
+        drifted = list(metrics.get("driftedFeatures") or [])
         add("WARNING", "Drift", f"drift score {drift if drift is not None else float('nan'):.4f}; drifted features: {', '.join(drifted) or 'none'}")
     dq = metrics.get("dataQuality")
     if dq is not None and dq < thresholds["dataQualityThreshold"]:
@@ -204,8 +211,7 @@ def metrics_status(
     alerts = evaluate_alerts(metrics, thresholds, baseline_accuracy)
     drifted = list(metrics.get("driftedFeatures") or [])
     score = metrics.get("driftScore")
-    drifting = bool(drifted) or (score is not None and score >= thresholds["driftThreshold"])
-    if drifting:
+    if is_drifting(metrics, thresholds):
         msg = f"drift score {score}; drifted features: {', '.join(drifted) or 'none named'}"
         conditions = set_condition(conditions, "Drifting", True, "FeatureDrift", msg, now=now, generation=generation)
     elif metrics.get("predictions"):
