@@ -91,10 +91,25 @@ class ResourceRequirements(_Model):
     requests: dict[str, Quantity] | None = None
 
 
+class Autoscaling(_Model):
+    """A HorizontalPodAutoscaler on CPU utilisation; the operator then stops writing ``replicas``."""
+
+    min_replicas: int = Field(default=1, ge=1, le=100)
+    max_replicas: int = Field(ge=1, le=100)
+    target_cpu_utilization_percentage: int = Field(default=80, ge=1, le=100, alias="targetCPUUtilizationPercentage")
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        return self
+
+
 class ModelVersion(_Model):
     name: VersionName
     artifact: Artifact
     replicas: int = Field(default=1, ge=0, le=100)
+    autoscaling: Autoscaling | None = None
     resources: ResourceRequirements | None = None
 
 

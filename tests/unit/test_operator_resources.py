@@ -269,3 +269,19 @@ def test_long_names_are_shortened_to_valid_dns_labels():
     assert len(n.version_object_name("m" * 60, "v1.2.3-rc.1")) <= 63
     assert n.dns_label("A.b_C") == "a-b-c"
     assert n.version_object_name("m" * 60, "a") != n.version_object_name("m" * 60, "b")
+
+
+def test_autoscaled_version_gets_an_hpa_and_no_replicas():
+    cr = mdep(versions=[{"name": "v1", "artifact": {"uri": "https://models.example/alz/v1.skops", "sha256": SHA_A},
+                         "replicas": 3, "autoscaling": {"maxReplicas": 6, "targetCPUUtilizationPercentage": 60}}])
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in desired_objects(cr)}
+    assert "replicas" not in objs[("Deployment", "alz-v1")]["spec"]
+    hpa = objs[("HorizontalPodAutoscaler", "alz-v1")]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "alz-v1"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 6)
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+    assert objs[("Deployment", "alz-v1")]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+    # without autoscaling the replica count is enforced as before
+    plain = {(o["kind"], o["metadata"]["name"]): o for o in desired_objects(mdep())}
+    assert plain[("Deployment", "alz-v1")]["spec"]["replicas"] == 1
+    assert not any(k[0] == "HorizontalPodAutoscaler" for k in plain)

@@ -12,6 +12,7 @@ version the router keeps sending traffic to the previously stable one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -132,6 +133,10 @@ def _pod_security() -> dict[str, Any]:
 
 
 SIDECAR_RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+# The model container's resources when the version sets none: a namespace with a ResourceQuota rejects
+# pods without requests/limits, and an HPA needs a CPU request to compute utilisation.
+MODEL_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+ANN_ROUTING_HASH = f"{n.GROUP}/routing-hash"
 INIT_RESOURCES = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}
 
 
@@ -203,7 +208,7 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
                 "initialDelaySeconds": 10,
                 **probe_common,
             },
-            "resources": version.get("resources") or {},
+            "resources": version.get("resources") or MODEL_RESOURCES,
             "securityContext": _container_security(),
             "volumeMounts": [
                 {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
@@ -238,12 +243,15 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
         "securityContext": _container_security(),
         "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
     }
+    deployment_spec: dict[str, Any] = {}
+    if not version.get("autoscaling"):  # with an HPA the field is left out: the autoscaler owns it
+        deployment_spec["replicas"] = int(version["replicas"])
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(cr, obj_name, labels, annotations),
         "spec": {
-            "replicas": int(version["replicas"]),
+            **deployment_spec,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": n.version_selector_labels(name, vname)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
@@ -289,6 +297,31 @@ def _version_service(cr, vname: str) -> dict[str, Any]:
     }
 
 
+def _version_hpa(cr, version: dict[str, Any]) -> dict[str, Any]:
+    name = cr["metadata"]["name"]
+    vname = version["name"]
+    auto = version["autoscaling"]
+    labels = {**n.common_labels(name, n.COMPONENT_MODEL), **n.version_selector_labels(name, vname)}
+    labels["app.kubernetes.io/version"] = n.label_value(vname)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(cr, n.version_object_name(name, vname), labels),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                               "name": n.version_object_name(name, vname)},
+            "minReplicas": int(auto.get("minReplicas", 1)),
+            "maxReplicas": int(auto["maxReplicas"]),
+            "metrics": [{
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {
+                    "type": "Utilization",
+                    "averageUtilization": int(auto.get("targetCPUUtilizationPercentage", 80))}},
+            }],
+        },
+    }
+
+
 def routing_table(cr, spec, served: list[str], stable: str, observed: Observed) -> RoutingTable:
     name = cr["metadata"]["name"]
     ns = cr["metadata"]["namespace"]
@@ -312,6 +345,10 @@ def routing_table(cr, spec, served: list[str], stable: str, observed: Observed) 
     )
 
 
+def routing_hash(table: RoutingTable) -> str:
+    return hashlib.sha256(table.to_json().encode()).hexdigest()[:16]
+
+
 def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
     name = cr["metadata"]["name"]
     labels = n.common_labels(name, n.COMPONENT_ROUTER)
@@ -332,7 +369,9 @@ def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
             "selector": {"matchLabels": n.router_selector_labels(name)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
-                "metadata": {"labels": labels},
+                # A new routing table rolls the router: status.currentVersion moves only once the
+                # rollout is observed complete, i.e. every router pod serves the new table.
+                "metadata": {"labels": labels, "annotations": {ANN_ROUTING_HASH: routing_hash(table)}},
                 "spec": {
                     "serviceAccountName": n.service_account_name(name),
                     "automountServiceAccountToken": False,
@@ -433,6 +472,8 @@ def plan(cr: Mapping[str, Any], observed: Observed | None = None) -> Plan:
         served.append(vname)
         version_objects.append(_version_deployment(cr, spec, v, artifact))
         version_objects.append(_version_service(cr, vname))
+        if v.get("autoscaling"):
+            version_objects.append(_version_hpa(cr, v))
 
     stable = spec["stableVersion"]
     if stable not in served:
