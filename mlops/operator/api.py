@@ -155,6 +155,15 @@ class RoutingSpec(_Model):
     user_key_header: HeaderName = "X-User-ID"
 
 
+class ArtifactStore(_Model):
+    """Credentials (a Secret, exposed to the init container with envFrom) and endpoints for s3:// and gs://."""
+
+    secret_name: ObjectName | None = None
+    s3_endpoint: str | None = Field(default=None, max_length=2048, pattern=r"^https?://.+$")
+    region: str | None = Field(default=None, max_length=64)
+    gcs_endpoint: str | None = Field(default=None, max_length=2048, pattern=r"^https?://.+$")
+
+
 class ModelDeploymentSpec(_Model):
     model_name: ModelName
     stable_version: str = Field(min_length=1, max_length=22)
@@ -163,6 +172,7 @@ class ModelDeploymentSpec(_Model):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     feature_schema: list[FeatureSpec] | None = Field(default=None, max_length=1000)
     baseline_profile_ref: BaselineProfileRef | None = None
+    artifact_store: ArtifactStore | None = None
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
 

@@ -155,7 +155,7 @@ def test_fetch_script_verifies_the_sha256(tmp_path):
     import subprocess
     import sys
 
-    from mlops.operator.resources.model_deployment import FETCH_SCRIPT
+    from mlops.operator.resources.model_deployment import FETCH_MODULE
 
     src = tmp_path / "model.skops"
     src.write_bytes(b"model bytes")
@@ -163,11 +163,11 @@ def test_fetch_script_verifies_the_sha256(tmp_path):
 
     good = hashlib.sha256(b"model bytes").hexdigest()
     dest = tmp_path / "out.skops"
-    ok = subprocess.run([sys.executable, "-c", FETCH_SCRIPT, src.as_uri(), good, str(dest)], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", FETCH_MODULE, src.as_uri(), good, str(dest)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert dest.read_bytes() == b"model bytes"
     dest.unlink()
-    bad = subprocess.run([sys.executable, "-c", FETCH_SCRIPT, src.as_uri(), "f" * 64, str(dest)], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", FETCH_MODULE, src.as_uri(), "f" * 64, str(dest)], capture_output=True, text=True)
     assert bad.returncode != 0 and "sha256 mismatch" in bad.stderr
     assert not dest.exists() and not (tmp_path / "out.skops.part").exists()
 

@@ -31,30 +31,9 @@ MODEL_DIR = "/models"
 PROFILE_DIR = "/etc/mlops/profile"
 ROUTING_DIR = "/etc/mlops/routing"
 
-# The init container: download the artifact (file:// or http(s)://), verify its sha256, and only then
-# move it where the model container reads it. Standard library only, so it runs in the plain image.
-FETCH_SCRIPT = """\
-import hashlib, os, shutil, sys, urllib.parse, urllib.request
-uri, want, dest = sys.argv[1:4]
-tmp = dest + ".part"
-scheme = urllib.parse.urlparse(uri).scheme
-if scheme == "file":
-    src = open(urllib.parse.unquote(urllib.parse.urlparse(uri).path), "rb")
-elif scheme in ("http", "https"):
-    src = urllib.request.urlopen(uri, timeout=60)
-else:
-    sys.exit(f"fetch-artifact: scheme {scheme!r} needs a pre-populated volume or a custom init image")
-digest = hashlib.sha256()
-with src, open(tmp, "wb") as out:
-    for chunk in iter(lambda: src.read(1 << 20), b""):
-        digest.update(chunk)
-        out.write(chunk)
-if digest.hexdigest() != want.lower():
-    os.remove(tmp)
-    sys.exit(f"fetch-artifact: sha256 mismatch for {uri}: got {digest.hexdigest()}, want {want}")
-os.replace(tmp, dest)
-print(f"fetch-artifact: {uri} verified ({want})")
-"""
+# The init container runs mlops.serving.artifact_fetch: download (file, http(s), s3, gs), verify the
+# sha256, and only then move the file where the model container reads it.
+FETCH_MODULE = "mlops.serving.artifact_fetch"
 
 
 @dataclass(frozen=True)
@@ -234,11 +213,11 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
             "volumeMounts": monitor_mounts,
         },
     ]
-    init = {
+    init: dict[str, Any] = {
         "name": "fetch-artifact",
         "image": image,
         "imagePullPolicy": pull,
-        "command": ["python", "-c", FETCH_SCRIPT, artifact["uri"], artifact["sha256"], model_file],
+        "command": ["python", "-m", FETCH_MODULE, artifact["uri"], artifact["sha256"], model_file],
         "resources": INIT_RESOURCES,
         "securityContext": _container_security(),
         "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
@@ -246,6 +225,14 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
     deployment_spec: dict[str, Any] = {}
     if not version.get("autoscaling"):  # with an HPA the field is left out: the autoscaler owns it
         deployment_spec["replicas"] = int(version["replicas"])
+    store = spec.get("artifactStore") or {}
+    store_env = [{"name": env_name, "value": store[key]} for key, env_name in (
+        ("s3Endpoint", "MLOPS_ARTIFACT_S3_ENDPOINT"), ("region", "AWS_DEFAULT_REGION"),
+        ("gcsEndpoint", "MLOPS_ARTIFACT_GCS_ENDPOINT")) if store.get(key)]
+    if store_env:
+        init["env"] = store_env
+    if store.get("secretName"):
+        init["envFrom"] = [{"secretRef": {"name": store["secretName"]}}]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
