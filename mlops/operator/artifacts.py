@@ -67,14 +67,14 @@ class ArtifactPolicy:
         """None if the operator may fetch ``uri``; else (refused outright?, why)."""
         parsed = urllib.parse.urlparse(uri)
         scheme = parsed.scheme.lower()
-        if scheme not in self.allowed_schemes:
-            allowed = ", ".join(sorted(self.allowed_schemes)) or "none"
-            return False, f"{scheme}:// is not fetched by the operator (allowed schemes: {allowed})"
+        allowed = ", ".join(sorted(self.allowed_schemes)) or "none"
         if scheme == "file":
-            return None
+            if scheme in self.allowed_schemes:
+                return None
+            return False, f"file:// is not read by the operator (allowed schemes: {allowed})"
         host = (parsed.hostname or "").lower()
         if not host:
-            return True, f"artifact URI {uri} has no host"
+            return True, f"refused: artifact URI {uri} has no host"
         try:
             addresses = [host] if ipaddress.ip_address(host) else []
         except ValueError:
@@ -87,6 +87,8 @@ class ArtifactPolicy:
             if bad and not (bad == "loopback" and self.allow_loopback):
                 return True, (f"refused: artifact host {host} resolves to {bad} address {address}; the operator "
                               "never fetches from loopback or link-local addresses")
+        if scheme not in self.allowed_schemes:
+            return False, f"{scheme}:// is not fetched by the operator (allowed schemes: {allowed})"
         if self.allowed_hosts is not None and host not in self.allowed_hosts:
             return False, f"host {host} is not in the operator's allowed artifact hosts"
         return None

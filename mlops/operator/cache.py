@@ -34,6 +34,7 @@ class ObjectCache:
         self._lock = threading.Lock()
         self._objects: dict[Key, dict[str, Any]] = {}
         self._by_owner: dict[str, set[Key]] = {}
+        self._by_instance: dict[tuple[str, str, str], set[Key]] = {}  # (kind, ns, model-deployment label)
         self._deleted_rv: dict[Key, int] = {}
 
     @staticmethod
@@ -45,6 +46,13 @@ class ObjectCache:
         old = self._objects.pop(key, None)
         if old is None:
             return
+        label = ((old.get("metadata") or {}).get("labels") or {}).get(n.LABEL_DEPLOYMENT)
+        if label is not None:
+            keys = self._by_instance.get((key[0], key[1], label))
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    self._by_instance.pop((key[0], key[1], label), None)
         for ref in (old.get("metadata") or {}).get("ownerReferences") or []:
             keys = self._by_owner.get(ref.get("uid"))
             if keys is not None:
@@ -71,6 +79,8 @@ class ObjectCache:
             obj = dict(obj)
             obj.setdefault("kind", kind)
             self._objects[key] = obj
+            if labels.get(n.LABEL_DEPLOYMENT) is not None:
+                self._by_instance.setdefault((kind, key[1], labels[n.LABEL_DEPLOYMENT]), set()).add(key)
             for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
                 if ref.get("uid"):
                     self._by_owner.setdefault(ref["uid"], set()).add(key)
@@ -102,6 +112,11 @@ class ObjectCache:
                 if any(r.get("uid") == uid and r.get("controller") for r in refs):
                     out.append(obj)
             return out
+
+    def labelled(self, kind: str, namespace: str, instance: str) -> list[dict[str, Any]]:
+        """Cached objects of ``kind`` carrying the model-deployment label ``instance`` (e.g. its pods)."""
+        with self._lock:
+            return [self._objects[k] for k in self._by_instance.get((kind, namespace, instance), ())]
 
     def __len__(self) -> int:
         with self._lock:

@@ -22,7 +22,7 @@ owned by an ``Update`` manager, so fields later dropped from the desired state w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,30 +50,46 @@ def _fatal(exc: KubeError) -> bool:
 
 
 class ChildSync:
-    def __init__(self, kube: Kube, cache: ObjectCache, *, on_write: Callable[[str, str], None] | None = None):
+    def __init__(self, kube: Kube, cache: ObjectCache):
         self.kube = kube
         self.cache = cache
-        self.on_write = on_write or (lambda verb, kind: None)
 
     def owned(self, owner: Mapping[str, Any], kinds: Iterable[str]) -> list[dict[str, Any]]:
         return self.cache.owned_by(owner["metadata"]["uid"], kinds)
 
-    def _apply_one(self, owner: Mapping[str, Any], obj: Mapping[str, Any], result: SyncResult) -> None:
+    def _read(self, owner: Mapping[str, Any], obj: Mapping[str, Any], result: SyncResult) -> tuple[bool, Any]:
+        """Ownership check of one desired object: (may apply?, live object or None)."""
+        kind, meta = obj["kind"], obj["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        cached = self.cache.get(kind, ns, name)
+        if cached is not None and own.ownership_conflict(cached, owner, kind) is None:
+            return True, cached
+        try:  # absent, or someone else's per the cache (a user's object carries no label of ours): read it
+            live = self.kube.get(kind, ns, name)
+        except KubeError as exc:
+            if _fatal(exc):
+                raise
+            result.errors.append(f"read {kind} {ns}/{name}: {exc.status} {exc.reason}: {exc.message}"[:600])
+            return False, None
+        conflict = own.ownership_conflict(live, owner, kind)
+        if conflict:
+            result.conflicts.append(conflict)
+            result.conflicting.add((kind, name))
+            return False, None
+        if live is not None:
+            self.cache.put(kind, live)
+        return True, live
+
+    def _apply_one(self, owner: Mapping[str, Any], obj: Mapping[str, Any], live: Any, result: SyncResult) -> None:
         kind, meta = obj["kind"], obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
         stamped = own.stamp(obj)
-        cached = self.cache.get(kind, ns, name)
-        ours_cached = cached is not None and own.ownership_conflict(cached, owner, kind) is None
-        if ours_cached and own.up_to_date(stamped, cached):
+        if own.up_to_date(stamped, live):
             result.skipped += 1
-            result.live[(kind, name)] = cached
+            result.live[(kind, name)] = live
             return
-        # Ours per the cache: update conditionally on the cached version (409 if it moved meanwhile).
-        # Otherwise (absent, or someone else's per the cache): read it first.
-        live: dict[str, Any] | None = cached if ours_cached else None
-        fresh = not ours_cached
         for attempt in range(3):
-            if fresh:
+            if attempt:  # the conditional apply found a newer version: check ownership again on it
                 try:
                     live = self.kube.get(kind, ns, name)
                 except KubeError as exc:
@@ -81,23 +97,21 @@ class ChildSync:
                         raise
                     result.errors.append(f"read {kind} {ns}/{name}: {exc.status} {exc.reason}: {exc.message}"[:600])
                     return
-                self.on_write("get", kind)
-            conflict = own.ownership_conflict(live, owner, kind)
-            if conflict:
-                result.conflicts.append(conflict)
-                result.conflicting.add((kind, name))
-                return
-            if fresh and live is not None and own.up_to_date(stamped, live):
-                self.cache.put(kind, live)
-                result.skipped += 1
-                result.live[(kind, name)] = live
-                return
+                conflict = own.ownership_conflict(live, owner, kind)
+                if conflict:
+                    result.conflicts.append(conflict)
+                    result.conflicting.add((kind, name))
+                    return
+                if own.up_to_date(stamped, live):
+                    self.cache.put(kind, live)
+                    result.skipped += 1
+                    result.live[(kind, name)] = live
+                    return
             rv = (live or {}).get("metadata", {}).get("resourceVersion")
             try:
                 applied = self.kube.apply(stamped, resource_version=rv)
             except KubeError as exc:
                 if exc.status == 409 and rv and attempt < 2:
-                    fresh = True  # changed since read: check ownership again on the new version
                     continue
                 if _fatal(exc):
                     raise
@@ -105,7 +119,6 @@ class ChildSync:
                 if live is not None:
                     result.live[(kind, name)] = live
                 return
-            self.on_write("apply", kind)
             self.cache.put(kind, applied)
             result.applied.append(f"{kind}/{name}")
             result.live[(kind, name)] = applied
@@ -119,10 +132,22 @@ class ChildSync:
         *,
         prune: bool = True,
     ) -> SyncResult:
-        """Apply ``desired`` (in order) for ``owner``, then delete owned objects of ``kinds`` not desired."""
+        """Apply ``desired`` (in order) for ``owner``, then delete owned objects of ``kinds`` not desired.
+
+        Every desired object is ownership-checked first; if any is controlled by someone else, nothing
+        at all is applied or pruned (a half-applied set could, say, start a router that mounts the
+        user's ConfigMap of the same name): the resource is blocked until the conflict is resolved.
+        """
         result = SyncResult()
-        for obj in desired:
-            self._apply_one(owner, obj, result)
+        checked = [(obj, *self._read(owner, obj, result)) for obj in desired]
+        if result.conflicts:
+            for obj, ok, live in checked:
+                if ok and live is not None:
+                    result.live[(obj["kind"], obj["metadata"]["name"])] = live
+            return result
+        for obj, ok, live in checked:
+            if ok:
+                self._apply_one(owner, obj, live, result)
         if not prune:
             return result
         keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
@@ -138,7 +163,6 @@ class ChildSync:
                 result.errors.append(f"prune {kind} {meta['namespace']}/{meta['name']}: {exc.status} {exc.reason}: "
                                      f"{exc.message}"[:600])
                 continue
-            self.on_write("delete", kind)
             self.cache.remove(kind, obj)
             if deleted:
                 result.pruned.append(f"{kind}/{meta['name']}")

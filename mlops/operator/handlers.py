@@ -81,6 +81,13 @@ class OperatorConfig:
     retry_period: float = 2.0
 
 
+def _rv(obj: Mapping[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def backoff(retry: int) -> float:
     return float(min(60, 2 ** min(retry, 6)))
 
@@ -102,11 +109,14 @@ class Controller:
         self.clock = clock
         self.verifier = ArtifactVerifier(max_bytes=config.artifact_max_bytes, enabled=config.verify_artifacts,
                                          policy=config.artifact_policy)
-        self.collector = Collector(
-            kube, endpoints_file=config.metrics_endpoints_file, prometheus_url=config.prometheus_url
-        )
         self.cache = ObjectCache()
-        self.children = ChildSync(kube, self.cache, on_write=self._count_request)
+        self.collector = Collector(
+            kube, endpoints_file=config.metrics_endpoints_file, prometheus_url=config.prometheus_url,
+            pod_source=lambda ns, instance: self.cache.labelled("Pod", ns, instance),
+        )
+        self._scrape_failures: dict[Key, tuple[str, float]] = {}
+        self.children = ChildSync(kube, self.cache)
+        kube.on_request = self._count_request
         self.known: dict[Key, dict[str, Any]] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._pending: set[Key] = set()
@@ -174,7 +184,6 @@ class Controller:
             return False
         meta = cr["metadata"]
         updated = self.kube.patch_status(meta["namespace"], meta["name"], new, uid=meta.get("uid"))
-        self._count_request("patch", "status")
         key = (meta["namespace"], meta["name"])
         if key in self.known and isinstance(updated, dict) and updated.get("metadata"):
             updated.setdefault("kind", n.KIND)
@@ -207,12 +216,11 @@ class Controller:
         cr = self.known.get((namespace, name))
         if cr is None:
             cr = self.kube.get_mdep(namespace, name)
-            self._count_request("get", n.KIND)
             if cr is not None:
                 self.known[(namespace, name)] = cr
         return cr
 
-    def _diagnose(self, cr, the_plan, deployments, errors: list[str]) -> dict[str, tuple[str, str]]:
+    def _diagnose(self, cr, the_plan, deployments) -> dict[str, tuple[str, str]]:
         """(reason, message) per version (and "router") whose rollout is not complete."""
         name, ns = cr["metadata"]["name"], cr["metadata"]["namespace"]
         pending = {}
@@ -228,14 +236,7 @@ class Controller:
                 pending["router"] = router
         if not pending:
             return {}
-        try:
-            pods = self.kube.list("Pod", ns, f"{n.LABEL_DEPLOYMENT}={n.label_value(name)}")
-            self._count_request("list", "Pod")
-        except KubeError as exc:
-            if exc.status == 0 or exc.status >= 500:
-                raise
-            errors.append(f"read Pods {ns} ({n.LABEL_DEPLOYMENT}={name}): {exc.status} {exc.reason}: {exc.message}"[:600])
-            pods = []
+        pods = self.cache.labelled("Pod", ns, n.label_value(name))  # watch-fed: no request
         out = {}
         for key, dep in pending.items():
             if key == "router":
@@ -283,7 +284,7 @@ class Controller:
             log.warning("reconcile of %s/%s: %s", namespace, name, "; ".join(result.errors))
         deployments = {k[1]: v for k, v in result.live.items() if k[0] == "Deployment"}
         errors = list(result.errors)
-        problems = self._diagnose(cr, the_plan, deployments, errors)
+        problems = self._diagnose(cr, the_plan, deployments)
         new = st.reconcile_status(
             cr, plan=the_plan, error=None, deployments=deployments, now=self._now(),
             conflicts=result.conflicts, errors=errors, problems=problems,
@@ -326,8 +327,17 @@ class Controller:
         self.metrics.collections.labels("success").inc()
         return metrics
 
+    SCRAPE_EVENT_INTERVAL = 300.0
+
     def _scrape_failed(self, cr: Mapping[str, Any], message: str) -> None:
-        """A failed scrape leaves a trace: an aggregated Warning Event (same message: count goes up)."""
+        """A failed scrape leaves a trace: a Warning Event (and the errors metric), at most every 5
+        minutes per resource while the message stays the same, so a dead sidecar costs no write storm."""
+        key = (cr["metadata"]["namespace"], cr["metadata"]["name"])
+        last = self._scrape_failures.get(key)
+        now = self.clock()
+        if last and last[0] == message and now - last[1] < self.SCRAPE_EVENT_INTERVAL:
+            return
+        self._scrape_failures[key] = (message, now)
         if self.active:
             self._event(cr, "Warning", "MetricsCollectionFailed", message)
 
@@ -417,6 +427,7 @@ class Controller:
 
     def forget(self, key: Key) -> None:
         self.known.pop(key, None)
+        self._scrape_failures.pop(key, None)
         self._next_resync.pop(key, None)
         self._next_collect.pop(key, None)
         self._reconciled_generation.pop(key, None)
@@ -435,6 +446,9 @@ class Controller:
         obj.setdefault("kind", n.KIND)
         obj.setdefault("apiVersion", n.API_VERSION)
         first = key not in self.known
+        if not first and _rv(self.known[key]) > _rv(obj) and \
+                self.known[key]["metadata"].get("uid") == meta.get("uid"):
+            return  # an event older than the status this operator just wrote
         self.known[key] = obj
         self.metrics.managed.set(len(self.known))
         generation = meta.get("generation") or 0
@@ -449,6 +463,12 @@ class Controller:
         else:
             self.cache.put(kind, body)
         meta = body.get("metadata") or {}
+        if kind == "Pod":  # owned by a ReplicaSet: the label names the ModelDeployment
+            instance = (meta.get("labels") or {}).get(n.LABEL_DEPLOYMENT)
+            key = (meta.get("namespace"), instance)
+            if instance and key in self.known and self.active:
+                self.schedule(key)
+            return
         for ref in meta.get("ownerReferences") or []:
             if ref.get("controller") and ref.get("kind") == n.KIND and ref.get("apiVersion") == n.API_VERSION:
                 key = (meta.get("namespace"), ref.get("name"))
@@ -459,10 +479,10 @@ class Controller:
     def prime_cache(self) -> int:
         """One label-filtered LIST per owned kind (per namespace), so the first reconciliations read the
         cache instead of the API server; the watches keep it current from then on."""
-        selector = f"app.kubernetes.io/managed-by={n.MANAGED_BY}"
+        selector = MANAGED_SELECTOR
         namespaces: list[str | None] = [None] if self.config.all_namespaces else list(self.config.namespaces)
         count = 0
-        for kind in OWNED_KINDS:
+        for kind in (*OWNED_KINDS, "Pod"):
             for ns in namespaces:
                 try:
                     for obj in self.kube.list(kind, ns, selector):
@@ -537,6 +557,7 @@ class Controller:
         self._collect_pool.shutdown(wait=False, cancel_futures=True)
 
 
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={n.MANAGED_BY}"
 OWNED_RESOURCES = {
     # kind -> (group, version, plural) for kopf's watch streams
     "Deployment": ("apps", "v1", "deployments"),
@@ -546,6 +567,8 @@ OWNED_RESOURCES = {
     "Secret": ("", "v1", "secrets"),
     "Job": ("batch", "v1", "jobs"),
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    # not owned directly (ReplicaSets own them) but labelled: rollout diagnosis and scrape targets
+    "Pod": ("", "v1", "pods"),
 }
 
 
@@ -568,6 +591,11 @@ def build_registry(controller: Controller) -> Any:
         settings.watching.server_timeout = 300
         settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
         settings.execution.max_workers = max(4, controller.config.workers * 2)
+        # Server-side label filtering of the owned kinds' watch streams: only our objects cross the wire.
+        from kopf._cogs.structs.references import Selector
+
+        for group, version, plural in OWNED_RESOURCES.values():
+            settings.watching.label_selectors[Selector(group=group, version=version, plural=plural)] = MANAGED_SELECTOR
         primed = await asyncio.get_running_loop().run_in_executor(None, controller.prime_cache)
         log.info("owned-object cache primed with %d objects", primed)
         background["task"] = asyncio.create_task(controller.background(stopped))

@@ -83,9 +83,29 @@ class Kube:
     field_manager: str = n.FIELD_MANAGER
     timeout: float = 15.0
 
+    on_request: Any = None  # callable(verb, resource) counting every request sent (operator metrics)
+
     def __post_init__(self) -> None:
         self._events: dict[str, int] = {}  # event name -> count this process last wrote
         self._events_lock = threading.Lock()
+
+    def _count(self, method: str, path: str, content_type: str) -> None:
+        if self.on_request is None:
+            return
+        parts = path.strip("/").split("/")
+        if "namespaces" in parts and parts.index("namespaces") + 2 < len(parts):
+            rest = parts[parts.index("namespaces") + 2:]
+        else:
+            rest = parts[2:] if parts[0] == "api" else parts[3:]
+        resource = rest[0] if rest else "?"
+        if len(rest) >= 3:
+            resource += "/" + rest[2]
+        verb = method.lower()
+        if method == "GET":
+            verb = "get" if len(rest) >= 2 else "list"
+        elif method == "PATCH" and content_type == "application/apply-patch+yaml":
+            verb = "apply"
+        self.on_request(verb, resource)
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None, context: str | None = None) -> Kube:
@@ -102,6 +122,7 @@ class Kube:
     def _call(self, method: str, path: str, *, body=None, query=None, content_type="application/json"):
         from kubernetes.client.exceptions import ApiException
 
+        self._count(method, path, content_type)
         try:
             return self.api.call_api(
                 path,

@@ -50,6 +50,7 @@ class LeaderElector:
     _observed: tuple[Any, ...] | None = field(default=None, init=False)
     _observed_at: float = field(default=0.0, init=False)
     _renewed_at: float | None = field(default=None, init=False)
+    _lease: dict[str, Any] | None = field(default=None, init=False)  # as last written by us
     transitions: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -79,10 +80,20 @@ class LeaderElector:
     def try_acquire_or_renew(self) -> bool:
         """One round of the election (blocking I/O). Returns whether this candidate holds the Lease."""
         now = self.clock()
+        if self.is_leader and self._lease is not None:  # renew blind: one request per period
+            lease = dict(self._lease)
+            lease["spec"] = {**lease["spec"], **self._spec(lease["spec"])}
+            try:
+                self._lease = self.kube.replace_lease(lease)
+                self._observed_at = self._renewed_at = now
+                return True
+            except KubeError as exc:  # 409: someone wrote it (a takeover after a stall?): look below
+                log.warning("renewing lease %s/%s failed: %s", self.namespace, self.name, exc)
+                self._lease = None
         try:
             lease = self.kube.get_lease(self.namespace, self.name)
             if lease is None:
-                self.kube.create_lease(self.namespace, self.name, self._spec(None))
+                self._lease = self.kube.create_lease(self.namespace, self.name, self._spec(None))
                 self._won(now)
                 return True
             spec = lease.get("spec") or {}
@@ -93,9 +104,11 @@ class LeaderElector:
             duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
             if holder and holder != self.identity and now - self._observed_at < duration:
                 self._renewed_at = None
+                self._lease = None
                 return False  # someone else holds a live lease
             lease["spec"] = {**spec, **self._spec(spec)}
             updated = self.kube.replace_lease(lease)
+            self._lease = updated
             self._observed = (self.identity, lease["spec"]["renewTime"], updated["metadata"].get("resourceVersion"))
             self._observed_at = now
             if holder != self.identity:

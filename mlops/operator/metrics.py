@@ -62,8 +62,8 @@ class OperatorMetrics:
         )
         self.api_requests = Counter(
             "mlops_operator_api_requests",
-            "Requests the reconciler sent to the API server for owned objects and status, by verb and kind.",
-            ["verb", "kind"],
+            "Requests the operator sent to the API server (kopf's watch streams excluded), by verb and resource.",
+            ["verb", "resource"],
             registry=self.registry,
         )
         self.events = Counter(
