@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--leader-election-identity", default=None,
                         help="this candidate's identity (default: hostname_pid)")
     parser.add_argument("--lease-duration", type=float, default=15.0,
-                        help="seconds without renewal after which a standby takes the Lease (default 15)")
+                        help="seconds without renewal after which a standby takes the Lease (default 15; the leader "
+                        "renews every third of it and stops acting after two thirds without renewal)")
     parser.add_argument("--workers", type=int, default=4, help="reconcile threads (default 4)")
     parser.add_argument("--collect-workers", type=int, default=4,
                         help="metric collection threads, separate from reconciliation (default 4)")
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         leader_election_identity=args.leader_election_identity,
         lease_duration=args.lease_duration,
         renew_deadline=args.lease_duration * 2 / 3,
-        retry_period=max(1.0, args.lease_duration / 7.5),
+        renew_period=args.lease_duration / 3,
+        retry_period=1.0,
     )
     return run_operator(
         config,

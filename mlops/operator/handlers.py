@@ -78,7 +78,8 @@ class OperatorConfig:
     leader_election_identity: str | None = None
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
-    retry_period: float = 2.0
+    retry_period: float = 1.0  # a standby's look at the Lease (a read)
+    renew_period: float = 5.0  # the leader's renewal (a write)
 
 
 def _rv(obj: Mapping[str, Any]) -> int:
@@ -128,6 +129,7 @@ class Controller:
         self._reconcile_pool = ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="reconcile")
         self._collect_pool = ThreadPoolExecutor(max(1, config.collect_workers), thread_name_prefix="collect")
         self.elector: LeaderElector | None = None
+        self.metrics.leader.set(0 if config.leader_elect else 1)
         if config.leader_elect:
             if not config.leader_election_namespace:
                 raise ValueError("leader election needs a namespace (--leader-election-namespace or $POD_NAMESPACE)")
@@ -513,8 +515,9 @@ class Controller:
             elif leading and not holds:
                 log.warning("lost the leader lease: standing by")
             leading = holds
+            wait = self.config.renew_period if holds else self.config.retry_period
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopped.wait(), timeout=self.config.retry_period)
+                await asyncio.wait_for(stopped.wait(), timeout=wait)
         await loop.run_in_executor(None, self.elector.release)
 
     async def background(self, stopped: asyncio.Event) -> None:

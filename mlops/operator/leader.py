@@ -8,14 +8,16 @@ reconciles, collects metrics, writes status and posts Events.
 The algorithm is client-go's: a candidate takes the Lease when it is free or when its record has not
 changed for ``lease_duration`` seconds *as measured on the candidate's own clock* (remote timestamps
 are informational: clocks of two nodes may disagree); every write is a compare-and-swap on the
-Lease's resourceVersion, so two candidates can never both win the same term. The holder renews every
-``retry_period``; if it cannot renew within ``renew_deadline`` (< ``lease_duration``) it stops acting
-at once, before any other candidate may take over.
+Lease's resourceVersion, so two candidates can never both win the same term. The holder renews
+periodically (the caller's loop: every 5 s by default, one PUT); if it cannot renew within
+``renew_deadline`` (< ``lease_duration``) it stops acting at once, before any other candidate may
+take over. Standbys look at the Lease every ``retry_period`` (1 s, a GET).
 
-Guarantees (with the defaults 15 s / 10 s / 2 s): after the leader dies, a standby acts within
-``lease_duration + retry_period`` (<= 17 s); a leader cut off from the API server stops acting after
-``renew_deadline`` (10 s), 5 s before anyone else may start; writes already in flight when it stops
-(bounded by the client timeout) may still land, as with every Lease-based controller.
+Guarantees (with the defaults 15 s / 10 s / 1 s): after the leader dies, a standby acts within
+``lease_duration + 2 * retry_period`` (<= 17 s) of the last renewal; a leader cut off from the API
+server stops acting after ``renew_deadline`` (10 s), 5 s before anyone else may start; writes already
+in flight when it stops (bounded by the client timeout) may still land, as with every Lease-based
+controller.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class LeaderElector:
     identity: str
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
-    retry_period: float = 2.0
+    retry_period: float = 1.0
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     _observed: tuple[Any, ...] | None = field(default=None, init=False)
