@@ -631,6 +631,6 @@ def build_registry(controller: Controller) -> Any:
             owned_changed.__name__ = f"owned_{kind.lower()}_changed"
             return owned_changed
 
-        kopf.on.event(group, version, plural, labels=managed, registry=registry)(make(kind))
+        kopf.on.event(group, version, plural, labels=managed, id=f"owned-{kind.lower()}", registry=registry)(make(kind))
 
     return registry
