@@ -115,7 +115,7 @@ class Controller:
             kube, endpoints_file=config.metrics_endpoints_file, prometheus_url=config.prometheus_url,
             pod_source=lambda ns, instance: self.cache.labelled("Pod", ns, instance),
         )
-        self._scrape_failures: dict[Key, tuple[str, float]] = {}
+        self._scrape_failures: dict[Key, str] = {}  # key -> message of the ongoing failure episode
         self.children = ChildSync(kube, self.cache)
         kube.on_request = self._count_request
         self.known: dict[Key, dict[str, Any]] = {}
@@ -327,19 +327,17 @@ class Controller:
             self.metrics.collections.labels("empty").inc()
             return None
         self.metrics.collections.labels("success").inc()
+        self._scrape_failures.pop((namespace, name), None)
         return metrics
 
-    SCRAPE_EVENT_INTERVAL = 300.0
-
     def _scrape_failed(self, cr: Mapping[str, Any], message: str) -> None:
-        """A failed scrape leaves a trace: a Warning Event (and the errors metric), at most every 5
-        minutes per resource while the message stays the same, so a dead sidecar costs no write storm."""
+        """A failed scrape leaves a trace: a Warning Event when a failure episode starts (or its message
+        changes), and the errors metric every time. Repeats are not re-posted: 1,000 resources with dead
+        sidecars must not turn into 1,000 Event writes per collection interval."""
         key = (cr["metadata"]["namespace"], cr["metadata"]["name"])
-        last = self._scrape_failures.get(key)
-        now = self.clock()
-        if last and last[0] == message and now - last[1] < self.SCRAPE_EVENT_INTERVAL:
+        if self._scrape_failures.get(key) == message:
             return
-        self._scrape_failures[key] = (message, now)
+        self._scrape_failures[key] = message
         if self.active:
             self._event(cr, "Warning", "MetricsCollectionFailed", message)
 
