@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import socket
@@ -353,12 +354,34 @@ class Controller:
             baseline_accuracy=spec["monitoring"].get("baselineAccuracy"),
             now=self._now(),
         )
-        old_alerts = {(a.get("severity"), a.get("type")) for a in (cr.get("status") or {}).get("alerts") or []}
+        old_status = cr.get("status") or {}
+        if self._metrics_unchanged(old_status, new):
+            return
+        old_alerts = {(a.get("severity"), a.get("type")) for a in old_status.get("alerts") or []}
         self._write_status(cr, new)
         for alert in new["alerts"]:
             if (alert["severity"], alert["type"]) not in old_alerts:
                 etype = "Warning" if alert["severity"] in ("WARNING", "CRITICAL") else "Normal"
                 self._event(cr, etype, f"Alert{alert['type']}", f"[{alert['severity']}] {alert['message']}")
+
+    METRICS_HEARTBEAT = 300.0
+
+    def _metrics_unchanged(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+        """Same numbers, alerts and conditions as written, and ``collectedAt`` younger than 5 minutes:
+        skip the write (idle resources then cost no status write per collection interval)."""
+        old_metrics = dict(old.get("metrics") or {})
+        new_metrics = dict(new.get("metrics") or {})
+        stamp = old_metrics.pop("collectedAt", None)
+        new_metrics.pop("collectedAt", None)
+        if stamp is None or old_metrics != new_metrics:
+            return False
+        if any(old.get(k) != new.get(k) for k in new if k != "metrics"):
+            return False
+        try:
+            age = self.clock() - dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+        except ValueError:
+            return False
+        return age < self.METRICS_HEARTBEAT
 
     def collect_sync(self, namespace: str, name: str) -> dict[str, Any] | None:
         """Scrape and write (tests and callers without the async plumbing)."""
