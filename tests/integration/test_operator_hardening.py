@@ -43,7 +43,7 @@ def s3_version(name: str, replicas: int = 1, **extra) -> dict:
 @pytest.fixture(scope="module")
 def hard_ns(cluster) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:6]
-    names = {k: f"hard-{k}-{suffix}" for k in ("own", "heal", "many", "err", "hpa")}
+    names = {k: f"hard-{k}-{suffix}" for k in ("own", "heal", "many", "err", "quota", "hpa")}
     for ns in names.values():
         cluster.create_namespace(ns)
     yield names
@@ -243,6 +243,7 @@ def test_unschedulable_pods_and_failed_applies_reach_status_and_events(cluster, 
     assert wait_until(lambda: reasons(admin, ns, "big").get("Unschedulable"), 15, "Unschedulable Event")
 
     # a quota that forbids Services: the apply failure is a condition naming the object, and an Event
+    ns = hard_ns["quota"]
     apply(cluster, ns, {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-services"},
                         "spec": {"hard": {"services": "0"}}})
     time.sleep(1)
