@@ -62,7 +62,7 @@ def mdep(name: str, versions: int = 2) -> dict:
 
 
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE", "DELETECOLLECTION",
-               "post", "patch", "apply", "delete", "create", "update"}
+               "post", "put", "patch", "apply", "delete", "create", "update"}
 
 
 def parse_counter(text: str, name: str, label: str) -> dict[str, float]:
