@@ -134,9 +134,25 @@ class DriftReport:
 
 # --- the tests -----------------------------------------------------------------------------------
 
+KS_ASYMPTOTIC_MIN = 10_000  # effective sample size above which the limiting distribution is used
+
+
 def _ks_samples(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float | None]:
-    res = stats.ks_2samp(ref, cur)
-    return float(res.statistic), float(res.pvalue)
+    n, m = ref.size, cur.size
+    en = n * m / (n + m)
+    if en < KS_ASYMPTOTIC_MIN:
+        res = stats.ks_2samp(ref, cur)
+        return float(res.statistic), float(res.pvalue)
+    # Large samples: the same statistic, with Kolmogorov's limiting distribution for the p-value
+    # (scipy's finite-n computation costs ~30 ms per column at 100,000 rows and differs in the
+    # fourth decimal at this size).
+    values = np.concatenate([np.sort(ref), np.sort(cur)])
+    order = np.argsort(values, kind="stable")  # a merge of two sorted runs: linear time
+    ordered = values[order]
+    gap = np.cumsum(np.where(order < n, 1.0 / n, -1.0 / m))
+    last = np.append(ordered[1:] != ordered[:-1], True)  # the ECDFs differ only after a tie group
+    d = float(np.max(np.abs(gap[last])))
+    return d, float(min(1.0, stats.kstwobign.sf(d * math.sqrt(en))))
 
 
 def _ks_counts(ref: np.ndarray, cur: np.ndarray, col: ColumnProfile) -> tuple[float, float | None]:

@@ -234,7 +234,8 @@ def build_profile(
         key = str(name)
         kind = CATEGORICAL if key in forced else infer_kind(series)
         cols[key] = profile_column(series, key, kind, n_bins, max_categories)
-    duplicates = int(frame.duplicated().sum()) if len(frame.columns) else 0
+    duplicates = (int(pd.Series(pd.util.hash_pandas_object(frame, index=False).to_numpy()).duplicated().sum())
+                  if len(frame.columns) else 0)
     curve = duplicate_rate_curve(frame) if len(frame.columns) else []
     return BaselineProfile(columns=cols, n_rows=len(frame), duplicate_rows=duplicates, duplicate_curve=curve)
 

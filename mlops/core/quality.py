@@ -93,10 +93,10 @@ def expected_duplicate_rate(profile: BaselineProfile, size: int) -> float:
     return float(np.interp(np.log(size), sizes, rates, left=0.0, right=rates[-1]))
 
 
-def _chunked_duplicate_rate(frame: pd.DataFrame, chunk: int) -> float:
+def _chunked_duplicate_rate(row_hashes: np.ndarray, chunk: int) -> float:
     """Rows equal to an earlier row of the same ``chunk``-row chunk (fixed spread order) / rows."""
-    n = len(frame)
-    hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()[spread_order(n)]
+    n = row_hashes.size
+    hashes = row_hashes[spread_order(n)]
     ids = np.arange(n) // max(1, chunk)
     return float(pd.DataFrame({"c": ids, "h": hashes}).duplicated().sum()) / n
 
@@ -141,10 +141,12 @@ def assess_data_quality(profile: BaselineProfile, frame: pd.DataFrame) -> DataQu
     cells = n * len(names)
     missing_rate = missing / cells
     present = [c for c in names if c in frame.columns]
-    duplicate_rate = float(frame[present].duplicated().sum()) / n if present else 0.0
+    # rows compared through 64-bit row hashes (one pass over the columns, collisions negligible)
+    hashes = pd.util.hash_pandas_object(frame[present], index=False).to_numpy() if present else None
+    duplicate_rate = float(pd.Series(hashes).duplicated().sum()) / n if present else 0.0
     reference_size = profile.n_rows or n
-    if present and n > reference_size and profile.duplicate_curve:
-        comparable_rate = _chunked_duplicate_rate(frame[present], reference_size)
+    if hashes is not None and n > reference_size and profile.duplicate_curve:
+        comparable_rate = _chunked_duplicate_rate(hashes, reference_size)
         base_dup = expected_duplicate_rate(profile, reference_size)
     else:
         comparable_rate = duplicate_rate

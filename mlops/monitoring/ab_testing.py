@@ -410,11 +410,11 @@ class ABTestingManager:
         for metric, margin in (config.guardrail_metrics or {}).items():
             ga, gb = sums("control", metric), sums("treatment", metric)
             proportion = metric != "latency"
-            diff = ga.ratio is not None and gb.ratio is not None and gb.ratio - ga.ratio
-            variance = ab_stats.user_level_variance(ga, gb, proportion=proportion) if diff is not False else None
+            diff = gb.ratio - ga.ratio if ga.ratio is not None and gb.ratio is not None else None
+            variance = ab_stats.user_level_variance(ga, gb, proportion=proportion) if diff is not None else None
             key = f"guardrail:{metric}"
             g = ab_stats.sequential_non_inferiority(
-                metric, None if diff is False else float(diff), variance, float(margin),
+                metric, diff, variance, float(margin),
                 lower_is_better=not proportion, alpha=alpha, tau=float(margin) or None, prior_bound=state.get(key))
             new_state[key] = g.bound
             guardrails.append(g)

@@ -165,9 +165,14 @@ class Collector:
         cached = self._profiles.get(key)
         if cached and cached[0] == text:
             return cached[1]
-        from mlops.core.profile import BaselineProfile
+        from mlops.core.profile import BaselineProfile, ProfileVersionError
 
-        profile = BaselineProfile.from_dict(json.loads(text))
+        try:
+            profile = BaselineProfile.from_dict(json.loads(text))
+        except ProfileVersionError as exc:
+            # refused, not used: drift is off for this deployment until the profile is rebuilt
+            log.warning("baseline profile %s/%s refused: %s", ns, ref["configMapName"], exc)
+            return None
         self._profiles[key] = (text, profile)
         return profile
 
