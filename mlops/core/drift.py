@@ -159,8 +159,12 @@ def _ks_counts(ref: np.ndarray, cur: np.ndarray, col: ColumnProfile) -> tuple[fl
     n, m = int(ref.sum()), int(cur.sum())
     d = float(np.max(np.abs(np.cumsum(ref) / n - np.cumsum(cur) / m)))
     en = n * m / (n + m)
-    # scipy's asymptotic two-sample p-value (what ks_2samp(method="asymp") uses).
-    p = float(stats.kstwo.sf(d, np.round(en))) if en >= 1 else 1.0
+    # scipy's asymptotic two-sample p-value (what ks_2samp(method="asymp") uses); from an effective
+    # size of 500 Kolmogorov's limiting distribution, which is slightly conservative and much cheaper.
+    if en >= 500:
+        p = float(stats.kstwobign.sf(d * math.sqrt(en)))
+    else:
+        p = float(stats.kstwo.sf(d, np.round(en))) if en >= 1 else 1.0
     return d, min(max(p, 0.0), 1.0)
 
 
