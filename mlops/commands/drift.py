@@ -79,7 +79,7 @@ def _table(report) -> str:
     rows = [header]
     for c in report.columns.values():
         rows.append((c.column, c.kind, c.test, _fmt(c.statistic), _fmt(c.p_value), _fmt(c.adjusted_p_value),
-                     _fmt(c.threshold, 3), "DRIFT" if c.drifted else "ok"))
+                     _fmt(c.threshold, 3), "DRIFT" if c.drifted else (c.note or "ok")))
     for name in report.skipped:
         rows.append((name, "-", "-", "-", "-", "-", "-", "skipped (no values)"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]

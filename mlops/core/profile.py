@@ -13,6 +13,22 @@ Count layout (the same in the profile and in :meth:`BaselineProfile.bin_counts`)
 - categorical column with categories ``c_1..c_j``: ``[c_1, ..., c_j, other, missing]``.
 
 "Missing" counts NaN/None and, for numeric columns, values that are not numbers.
+
+Format version 2 (``PROFILE_FORMAT_VERSION``) fixes two ways version 1 hid drift:
+
+- **Low-cardinality numeric columns** (at most ``DISCRETE_MAX_VALUES`` distinct values: binary flags,
+  counts) get one bin per distinct value: the edges are the values plus the next float above the
+  largest, so the closed last bin holds only the largest value. In version 1 the quantile edges of a
+  0/1 column collapsed to ``[0, 1]`` and the closed bin held both values, so P(1) could move from 0.3
+  to 0.9 without any test seeing it.
+- **Categories**: every category is kept up to ``max_categories`` (1,000 by default). Above that the
+  kept categories are chosen on half of the rows (even positions) and the counts tested come from the
+  other half, so the choice is independent of the counts: choosing the top K on the very counts that
+  are tested biases the reference's "other" share low and makes same-distribution data drift.
+
+A version-1 profile is refused with :class:`ProfileVersionError` (rebuild it from the reference data).
+The profile also records ``duplicate_curve``: the reference's duplicate-row rate at several sample
+sizes, so a batch's duplicate rate is compared at its own size (``mlops.core.quality``).
 """
 
 from __future__ import annotations
@@ -27,8 +43,13 @@ import pandas as pd
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
-PROFILE_FORMAT_VERSION = 1
-DEFAULT_MAX_CATEGORIES = 100
+PROFILE_FORMAT_VERSION = 2
+DEFAULT_MAX_CATEGORIES = 1000
+DISCRETE_MAX_VALUES = 32  # numeric columns with at most this many distinct values: one bin per value
+
+
+class ProfileVersionError(ValueError):
+    """A stored profile was written in another format version; it must be rebuilt."""
 
 
 @dataclass
@@ -118,6 +139,8 @@ class BaselineProfile:
     n_rows: int
     duplicate_rows: int = 0  # rows identical to an earlier row in the reference frame
     version: int = PROFILE_FORMAT_VERSION
+    # reference duplicate-row rate at sample sizes: [[size, rate], ...] (see duplicate_rate_curve)
+    duplicate_curve: list[list[float]] = field(default_factory=list)
 
     @property
     def numeric_columns(self) -> list[str]:
@@ -150,24 +173,31 @@ class BaselineProfile:
             cols[name] = ColumnProfile(name=name, kind=col.kind, counts=c, n=sum(c), edges=list(col.edges),
                                        categories=list(col.categories))
         n_rows = max((p.n for p in cols.values()), default=0)
-        return BaselineProfile(columns=cols, n_rows=n_rows, duplicate_rows=0)
+        return BaselineProfile(columns=cols, n_rows=n_rows, duplicate_rows=0, duplicate_curve=[])
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "n_rows": self.n_rows,
             "duplicate_rows": self.duplicate_rows,
+            "duplicate_curve": [list(x) for x in self.duplicate_curve],
             "columns": [c.to_dict() for c in self.columns.values()],
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BaselineProfile:
-        version = int(d.get("version", PROFILE_FORMAT_VERSION))
+        version = int(d.get("version", 1))
         if version != PROFILE_FORMAT_VERSION:
-            raise ValueError(f"unsupported profile version {version}")
+            raise ProfileVersionError(
+                f"baseline profile format {version} is not supported (this version reads format "
+                f"{PROFILE_FORMAT_VERSION}); format 1 profiles put binary and low-cardinality numeric values in "
+                "shared bins and chose categories on the tested counts, which hides or invents drift. Rebuild "
+                "the profile from the reference data (build_profile, `mlops drift --save-profile`, `mlops train`)."
+            )
         cols = [ColumnProfile.from_dict(c) for c in d["columns"]]
+        curve = [[float(a), float(b)] for a, b in d.get("duplicate_curve", [])]
         return cls(columns={c.name: c for c in cols}, n_rows=int(d["n_rows"]),
-                   duplicate_rows=int(d.get("duplicate_rows", 0)), version=version)
+                   duplicate_rows=int(d.get("duplicate_rows", 0)), version=version, duplicate_curve=curve)
 
 
 def infer_kind(series: pd.Series) -> str:
@@ -204,8 +234,40 @@ def build_profile(
         key = str(name)
         kind = CATEGORICAL if key in forced else infer_kind(series)
         cols[key] = profile_column(series, key, kind, n_bins, max_categories)
-    duplicates = int(frame.duplicated().sum()) if len(frame.columns) else 0
-    return BaselineProfile(columns=cols, n_rows=len(frame), duplicate_rows=duplicates)
+    duplicates = (int(pd.Series(pd.util.hash_pandas_object(frame, index=False).to_numpy()).duplicated().sum())
+                  if len(frame.columns) else 0)
+    curve = duplicate_rate_curve(frame) if len(frame.columns) else []
+    return BaselineProfile(columns=cols, n_rows=len(frame), duplicate_rows=duplicates, duplicate_curve=curve)
+
+
+def spread_order(n: int) -> np.ndarray:
+    """A fixed, deterministic permutation of ``range(n)`` that spreads neighbouring rows apart (a
+    multiplicative hash), so chunks of a sorted frame are still mixed samples."""
+    keys = (np.arange(n, dtype=np.uint64) * np.uint64(2654435761)) % np.uint64(2**32)
+    return np.argsort(keys, kind="stable")
+
+
+def _duplicates_in_chunks(hashes: np.ndarray, size: int) -> int:
+    chunk = np.arange(hashes.size) // size
+    return int(pd.DataFrame({"c": chunk, "h": hashes}).duplicated().sum())
+
+
+def duplicate_rate_curve(frame: pd.DataFrame) -> list[list[float]]:
+    """The reference's duplicate-row rate (rows equal to an earlier row of the same chunk / rows) in
+    chunks of 2, 4, 8, ... rows up to its size, in a fixed spread order. The duplicate rate of a
+    sample grows with its size (more rows to collide with), so a batch must be compared with the
+    reference at the batch's own size."""
+    n = len(frame)
+    if n < 2:
+        return []
+    hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()[spread_order(n)]
+    sizes = []
+    size = 2
+    while size < n:
+        sizes.append(size)
+        size *= 2
+    sizes.append(n)
+    return [[float(k), _duplicates_in_chunks(hashes, k) / n] for k in sizes]
 
 
 def profile_column(series: pd.Series, name: str, kind: str, n_bins: int = 10,
@@ -252,7 +314,8 @@ def merge_profiles(a: BaselineProfile, b: BaselineProfile) -> BaselineProfile:
             merged.max = _opt_min(ca.max, cb.max, max)
             merged.mean, merged.std = _merge_moments(ca.n_valid, ca.mean, ca.std, cb.n_valid, cb.mean, cb.std)
         cols[name] = merged
-    return BaselineProfile(columns=cols, n_rows=a.n_rows + b.n_rows, duplicate_rows=a.duplicate_rows + b.duplicate_rows)
+    return BaselineProfile(columns=cols, n_rows=a.n_rows + b.n_rows, duplicate_rows=a.duplicate_rows + b.duplicate_rows,
+                           duplicate_curve=[list(x) for x in (a.duplicate_curve or b.duplicate_curve)])
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -312,10 +375,13 @@ def _numeric_profile(name: str, series: pd.Series, n_bins: int) -> ColumnProfile
     if valid.size == 0:
         return ColumnProfile(name=name, kind=NUMERIC, edges=[0.0, 0.0], counts=[0, 0, 0, missing], n=len(series),
                              wrong_type=wrong)
-    edges = np.unique(np.quantile(valid, np.linspace(0.0, 1.0, n_bins + 1)))
-    if edges.size == 1:
-        # A constant column still gets one (degenerate, closed) inner bin.
-        edges = np.repeat(edges, 2)
+    distinct = np.unique(valid)
+    if distinct.size <= max(DISCRETE_MAX_VALUES, 1):
+        # One bin per value: [v_i, v_{i+1}) holds v_i only, and the closed last bin [v_k, next float]
+        # holds v_k only (a constant column gets one bin).
+        edges = np.append(distinct, np.nextafter(distinct[-1], np.inf))
+    else:
+        edges = np.unique(np.quantile(valid, np.linspace(0.0, 1.0, n_bins + 1)))
     counts = _numeric_bins(valid, edges)
     std = float(valid.std(ddof=1)) if valid.size > 1 else 0.0
     return ColumnProfile(
@@ -362,8 +428,17 @@ def _categorical_counts(series: pd.Series, categories: list[str]) -> list[int]:
 
 def _categorical_profile(name: str, series: pd.Series, max_categories: int) -> ColumnProfile:
     observed = category_counts(series)
-    # Most frequent first; ties broken by name so the profile is deterministic.
-    ordered = sorted(observed.items(), key=lambda kv: (-kv[1], kv[0]))[:max_categories]
+    if len(observed) <= max_categories:
+        # Every category kept (most frequent first; ties by name so the profile is deterministic).
+        ordered = sorted(observed.items(), key=lambda kv: (-kv[1], kv[0]))
+        categories = [k for k, _ in ordered]
+        return ColumnProfile(name=name, kind=CATEGORICAL, categories=categories,
+                             counts=_categorical_counts(series, categories), n=len(series))
+    # Too many: choose the kept categories on the even rows, count the odd rows, so the choice does
+    # not depend on the counts the tests use (no selection bias in the "other" share).
+    chooser = category_counts(series.iloc[0::2])
+    ordered = sorted(chooser.items(), key=lambda kv: (-kv[1], kv[0]))[:max_categories]
     categories = [k for k, _ in ordered]
+    tested = series.iloc[1::2]
     return ColumnProfile(name=name, kind=CATEGORICAL, categories=categories,
-                         counts=_categorical_counts(series, categories), n=len(series))
+                         counts=_categorical_counts(tested, categories), n=len(tested))

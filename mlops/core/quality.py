@@ -16,7 +16,12 @@ the baseline (e.g. a baseline with 3% missing cells makes 3% missing in a batch 
 
     score = (1 - excess_missing) * (1 - excess_duplicate) * (1 - out_of_range_rate) * (1 - wrong_type_rate)
 
-(out-of-range and wrong types are 0 in the baseline by construction). 1 is perfect; an empty batch
+(out-of-range and wrong types are 0 in the baseline by construction). The duplicate rate of a sample
+grows with its size (more earlier rows to repeat), so the excess compares like with like: a batch
+no larger than the reference is compared with the reference's duplicate rate at the batch's size
+(``BaselineProfile.duplicate_curve``, interpolated in log-size), and a larger batch is cut into
+chunks of the reference's size (in a fixed spread order) whose duplicate rate is compared with the
+reference's own. Same-distribution data then scores 1 at any batch size. 1 is perfect; an empty batch
 scores 1 (no evidence of a problem). The raw rates are reported too, e.g. ``missing_rate`` for the
 retraining engine's ``missing_data_threshold``.
 """
@@ -29,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops.core.profile import CATEGORICAL, BaselineProfile, as_numbers
+from mlops.core.profile import CATEGORICAL, BaselineProfile, as_numbers, spread_order
 
 
 @dataclass
@@ -75,6 +80,27 @@ def _baseline_missing_rate(profile: BaselineProfile) -> float:
     return sum(c.missing for c in profile.columns.values()) / cells if cells else 0.0
 
 
+def expected_duplicate_rate(profile: BaselineProfile, size: int) -> float:
+    """The reference's duplicate-row rate in samples of ``size`` rows (log-size interpolation of the
+    profile's curve; the whole-reference rate when the profile has no curve)."""
+    curve = profile.duplicate_curve
+    if not curve:
+        return profile.duplicate_rows / profile.n_rows if profile.n_rows else 0.0
+    if size < 2:
+        return 0.0
+    sizes = np.log([c[0] for c in curve])
+    rates = [c[1] for c in curve]
+    return float(np.interp(np.log(size), sizes, rates, left=0.0, right=rates[-1]))
+
+
+def _chunked_duplicate_rate(row_hashes: np.ndarray, chunk: int) -> float:
+    """Rows equal to an earlier row of the same ``chunk``-row chunk (fixed spread order) / rows."""
+    n = row_hashes.size
+    hashes = row_hashes[spread_order(n)]
+    ids = np.arange(n) // max(1, chunk)
+    return float(pd.DataFrame({"c": ids, "h": hashes}).duplicated().sum()) / n
+
+
 def assess_data_quality(profile: BaselineProfile, frame: pd.DataFrame) -> DataQualityReport:
     """Quality of ``frame`` against ``profile``; see the module docstring for the formula."""
     names = list(profile.columns)
@@ -115,12 +141,21 @@ def assess_data_quality(profile: BaselineProfile, frame: pd.DataFrame) -> DataQu
     cells = n * len(names)
     missing_rate = missing / cells
     present = [c for c in names if c in frame.columns]
-    duplicate_rate = float(frame[present].duplicated().sum()) / n if present else 0.0
+    # rows compared through 64-bit row hashes (one pass over the columns, collisions negligible)
+    hashes = pd.util.hash_pandas_object(frame[present], index=False).to_numpy() if present else None
+    duplicate_rate = float(pd.Series(hashes).duplicated().sum()) / n if present else 0.0
+    reference_size = profile.n_rows or n
+    if hashes is not None and n > reference_size and profile.duplicate_curve:
+        comparable_rate = _chunked_duplicate_rate(hashes, reference_size)
+        base_dup = expected_duplicate_rate(profile, reference_size)
+    else:
+        comparable_rate = duplicate_rate
+        base_dup = expected_duplicate_rate(profile, n) if profile.duplicate_curve else base_dup
     out_of_range_rate = out_of_range / valid_total if valid_total else 0.0
     wrong_type_rate = wrong / numeric_non_missing if numeric_non_missing else 0.0
     score = (
         (1 - max(0.0, missing_rate - base_missing))
-        * (1 - max(0.0, duplicate_rate - base_dup))
+        * (1 - max(0.0, comparable_rate - base_dup))
         * (1 - out_of_range_rate)
         * (1 - wrong_type_rate)
     )

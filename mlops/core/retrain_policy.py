@@ -7,6 +7,14 @@ operator's RetrainPolicy all feed the same function, and the rules are tested by
 in milliseconds.
 
 Times are seconds since the epoch (floats); the caller passes ``now``.
+
+The accuracy trigger is a test, not a raw comparison: it needs at least
+``MIN_LABELLED_FOR_ACCURACY`` labelled predictions, an observed drop larger than
+``accuracy_degradation_threshold``, and an exact one-sided test (Fisher's, which includes the
+sampling error of a baseline measured on few labels; binomial when the baseline's size is unknown)
+rejecting "as accurate as the baseline" at ``ACCURACY_TRIGGER_ALPHA``. A model as accurate as its
+baseline therefore qualifies with probability at most 1e-4 per evaluation, and a 100-label baseline
+that happened to be high does not re-trigger forever.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from mlops.core.drift import concept_drift_test
 
 DATA_ARRIVAL = "data_arrival"
 TIME_BASED = "time_based"
@@ -35,6 +45,9 @@ TRIGGER_PRIORITY: tuple[str, ...] = (
     TIME_BASED,
 )
 TRIGGER_TYPES = frozenset(TRIGGER_PRIORITY)
+
+MIN_LABELLED_FOR_ACCURACY = 30
+ACCURACY_TRIGGER_ALPHA = 1e-4
 
 # Decision.action values
 NONE = "none"
@@ -75,6 +88,8 @@ class Evidence:
     total_predictions: int | None = None
     accuracy: float | None = None
     baseline_accuracy: float | None = None
+    labelled: int | None = None  # labelled predictions behind ``accuracy`` (None: unknown, no test)
+    baseline_labelled: int | None = None  # labelled predictions behind the baseline (None: exact)
     drift_score: float | None = None
     error_rate: float | None = None
     data_quality: float | None = None
@@ -146,12 +161,19 @@ def qualifying_triggers(evidence: Evidence, history: History, config: PolicyConf
     # error rate and no data quality, which is not the same as bad ones.
     predictions = evidence.total_predictions or 0
     if predictions >= max(1, int(config.min_predictions)):
-        if evidence.accuracy is not None and evidence.baseline_accuracy is not None:
-            drop = evidence.baseline_accuracy - evidence.accuracy
-            if drop > config.accuracy_degradation_threshold:
+        if (evidence.accuracy is not None and evidence.baseline_accuracy is not None
+                and (evidence.labelled or 0) >= MIN_LABELLED_FOR_ACCURACY
+                and evidence.baseline_accuracy - evidence.accuracy > config.accuracy_degradation_threshold):
+            test = concept_drift_test(
+                evidence.baseline_accuracy, evidence.accuracy, int(evidence.labelled or 0),
+                alpha=ACCURACY_TRIGGER_ALPHA, baseline_n=evidence.baseline_labelled or None,
+            )
+            if test.detected:
+                drop = evidence.baseline_accuracy - evidence.accuracy
                 found[PERFORMANCE_DEGRADATION] = (
-                    f"accuracy {evidence.accuracy:.4f} is {drop:.4f} below the baseline "
-                    f"{evidence.baseline_accuracy:.4f} (threshold {config.accuracy_degradation_threshold})"
+                    f"accuracy {evidence.accuracy:.4f} on {evidence.labelled} labelled predictions is {drop:.4f} "
+                    f"below the baseline {evidence.baseline_accuracy:.4f} (threshold "
+                    f"{config.accuracy_degradation_threshold}, exact one-sided p={test.p_value:.2g})"
                 )
         if evidence.error_rate is not None and evidence.error_rate > config.error_rate_threshold:
             found[HIGH_ERROR_RATE] = (

@@ -476,10 +476,14 @@ class DataDrivenRetrainingTrigger:
         baseline = getattr(monitor, "baseline_metrics", None)
         baseline_accuracy = _number(baseline.get("accuracy")) if isinstance(baseline, dict) else None
         predictions = _number(summary.get("total_predictions"))
+        labelled = _number(summary.get("labelled_predictions"))
+        baseline_n = _number(baseline.get("accuracy_n")) if isinstance(baseline, dict) else None
         return {
             "total_predictions": int(predictions) if predictions is not None else None,
             "accuracy": _number(summary.get("avg_accuracy")),
             "baseline_accuracy": baseline_accuracy,
+            "labelled": int(labelled) if labelled is not None else None,
+            "baseline_labelled": int(baseline_n) if baseline_n else None,
             "drift_score": _number(summary.get("avg_drift_score")),
             "error_rate": _number(summary.get("avg_error_rate")),
             "data_quality": _number(summary.get("avg_data_quality")),

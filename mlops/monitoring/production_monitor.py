@@ -9,6 +9,15 @@ does not raise an alert on every batch (cooldown); and the history lives in SQLi
 ``$MLOPS_HOME``, committed before :meth:`ProductionMonitor.log_prediction_batch` returns, so a
 restarted (or SIGKILLed) process sees every acknowledged batch.
 
+Alerts are evaluated again and again (every batch, every window check), so each statistical alert
+uses a per-evaluation level that bounds false alarms over a horizon of ``alert_horizon``
+evaluations (1,000 by default; Bonferroni): feature drift at ``drift_alpha / alert_horizon`` (family-
+wise over columns, 5e-5 by default) and accuracy drops and concept drift at
+``accuracy_significance_level / alert_horizon`` (1e-5 by default; an exact test that includes the
+baseline's own sampling error). So over any 1,000 evaluations a healthy model raises a drift alert
+with probability at most ``drift_alpha`` and an accuracy alert with probability at most
+``accuracy_significance_level`` (docs/statistics.md).
+
 The rules are in :mod:`mlops.core.alerts`, the statistics in :mod:`mlops.core.drift`,
 :mod:`mlops.core.quality` and :mod:`mlops.core.classification`; this module measures, records and
 dispatches.
@@ -43,7 +52,7 @@ from mlops.core.alerts import (
 from mlops.core.classification import classification_metrics
 from mlops.core.config import alert_config_from_mapping
 from mlops.core.drift import concept_drift_test
-from mlops.core.profile import BaselineProfile
+from mlops.core.profile import BaselineProfile, ProfileVersionError
 from mlops.core.quality import assess_data_quality
 from mlops.monitoring.drift_detection import DriftMonitor
 from mlops.store.monitoring_store import AlertRecord, BatchRecord, MonitoringStore
@@ -153,9 +162,13 @@ class ProductionMonitor:
         drift_alpha: float = 0.05,
         baseline_window: int = 100,
         status_window_seconds: float = 3600.0,
+        alert_horizon: int = 1000,
     ) -> None:
         if baseline_window < 1:
             raise ValueError("baseline_window must be at least 1")
+        if int(alert_horizon) < 1:
+            raise ValueError("alert_horizon must be at least 1")
+        self.alert_horizon = int(alert_horizon)
         self.model_name = model_name
         self.mlflow_tracking_uri = mlflow_tracking_uri
         self.redis_host = redis_host
@@ -205,8 +218,25 @@ class ProductionMonitor:
         self.baseline_metrics = dict(stored.get("metrics") or {})
         profile = stored.get("profile")
         if profile:
-            self.baseline_profile = BaselineProfile.from_dict(profile)
-            self.drift_monitor = DriftMonitor(self.baseline_profile, alpha=self.drift_alpha)
+            try:
+                self.baseline_profile = BaselineProfile.from_dict(profile)
+            except ProfileVersionError as exc:
+                # Refused, not silently used: drift and quality stay off until the baseline is set
+                # again from data, and the reason is visible in baseline_metrics.
+                logger.warning("monitor %s: stored baseline profile refused: %s", self.model_name, exc)
+                self.baseline_metrics["profile_error"] = str(exc)
+                return
+            self.drift_monitor = DriftMonitor(self.baseline_profile, alpha=self.drift_level)
+
+    @property
+    def drift_level(self) -> float:
+        """Family-wise level of one drift check: ``drift_alpha`` spread over ``alert_horizon`` checks."""
+        return self.drift_alpha / self.alert_horizon
+
+    @property
+    def accuracy_level(self) -> float:
+        """Level of one accuracy test: ``accuracy_significance_level`` spread over ``alert_horizon``."""
+        return self.alert_config.accuracy_significance_level / self.alert_horizon
 
     @property
     def baseline_accuracy(self) -> float | None:
@@ -227,7 +257,7 @@ class ProductionMonitor:
         frame = _to_frame(baseline_data, None)
         if frame.empty:
             raise ValueError("baseline_data is empty")
-        drift_monitor = DriftMonitor(frame, alpha=self.drift_alpha)
+        drift_monitor = DriftMonitor(frame, alpha=self.drift_level)
         profile_dict = drift_monitor.profile.to_dict()
         now = self.clock()
         metrics: dict[str, Any] = {
@@ -466,9 +496,10 @@ class ProductionMonitor:
     def _concept_drift(
         self, accuracy: float | None, labelled: int, min_drop: float | None = None, alpha: float | None = None
     ) -> bool:
-        """Is accuracy on ``labelled`` predictions significantly (at ``alpha``, default the drift
-        alpha) below the baseline minus ``min_drop`` (default: the warning drop, the tolerated
-        change)? The baseline's own sampling error is included when it was measured."""
+        """Is accuracy on ``labelled`` predictions significantly (at ``alpha``, default the
+        per-evaluation accuracy level) below the baseline, by more than ``min_drop`` (default: the
+        warning drop, the tolerated change)? The baseline's own sampling error is included when it
+        was measured (exact test, :func:`mlops.core.drift.concept_drift_test`)."""
         baseline = self.baseline_metrics
         if accuracy is None or not labelled:
             return False
@@ -476,14 +507,13 @@ class ProductionMonitor:
             float(baseline["accuracy"]),
             float(accuracy),
             labelled,
-            alpha=self.drift_alpha if alpha is None else alpha,
+            alpha=self.accuracy_level if alpha is None else alpha,
             min_drop=self.alert_config.warning_accuracy_drop if min_drop is None else min_drop,
             baseline_n=int(baseline.get("accuracy_n") or 0) or None,
         ).detected
 
     def _accuracy_below_baseline(self, accuracy: float | None, labelled: int) -> bool:
-        return self._concept_drift(accuracy, labelled, min_drop=0.0,
-                                   alpha=self.alert_config.accuracy_significance_level)
+        return self._concept_drift(accuracy, labelled, min_drop=0.0, alpha=self.accuracy_level)
 
     def _raise(self, inputs: AlertInputs, now: float, model_version: str | None) -> list[AlertRecord]:
         candidates = evaluate_alerts(inputs, self.alert_config)

@@ -210,6 +210,10 @@ class DeploymentMetrics(_Model):
     error_rate: float | None = None
     drift_score: float | None = None
     drifted_features: list[str] | None = None
+    drift_window_rows: int | None = None
+    window_accuracy: float | None = None
+    window_labelled: int | None = None
+    accuracy_drop_p_value: float | None = Field(default=None, alias="accuracyDropPValue")
     data_quality: float | None = None
     collected_at: str | None = None
 

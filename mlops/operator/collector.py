@@ -10,7 +10,9 @@ Sources, in order of precedence:
 
 Whatever the source, the text is parsed into the sidecar's counts, merged by addition
 (``merge_snapshots``) and summarized once (``summarize``): numbers across replicas are sums, never
-averages of averages.
+averages of averages. Drift and accuracy *decisions* use windowed increments per source
+(``mlops.operator.windows``): what arrived since the last collection, tested once a window is big
+enough, at levels that stay valid under repeated evaluation.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ STATUS_KEYS = {
     "drifted_features": "driftedFeatures",
     "data_quality": "dataQuality",
 }
+WINDOW_KEYS = ("driftScore", "driftedFeatures", "driftWindowRows", "windowAccuracy", "windowLabelled",
+               "accuracyDropPValue")
 
 
 class CollectError(Exception):
@@ -80,6 +84,7 @@ class Collector:
         self.prometheus_pod_label = prometheus_pod_label
         self.timeout = timeout
         self._profiles: dict[tuple[str, str, str], tuple[str, Any]] = {}
+        self._windows: dict[tuple[str, str, str], Any] = {}  # (namespace, name, uid) -> WindowState
 
     # ---- sources ---------------------------------------------------------------------------------
     def override_endpoints(self, namespace: str, name: str) -> list[str] | None:
@@ -110,17 +115,17 @@ class Collector:
                 urls.append(f"http://{status['podIP']}:{SIDECAR_PORT}/metrics")
         return urls
 
-    def _scrape(self, urls: list[str], *, trust_env: bool = True) -> list[str]:
+    def _scrape(self, urls: list[str], *, trust_env: bool = True) -> dict[str, str]:
         import httpx
 
-        texts = []
+        texts: dict[str, str] = {}
         failures = []
         with httpx.Client(timeout=self.timeout, trust_env=trust_env) as client:
             for url in urls:
                 try:
                     resp = client.get(url)
                     resp.raise_for_status()
-                    texts.append(resp.text)
+                    texts[url] = resp.text
                 except httpx.HTTPError as exc:
                     failures.append(f"{url}: {type(exc).__name__}")
         if failures:
@@ -169,32 +174,60 @@ class Collector:
         cached = self._profiles.get(key)
         if cached and cached[0] == text:
             return cached[1]
-        from mlops.core.profile import BaselineProfile
+        from mlops.core.profile import BaselineProfile, ProfileVersionError
 
-        profile = BaselineProfile.from_dict(json.loads(text))
+        try:
+            profile = BaselineProfile.from_dict(json.loads(text))
+        except ProfileVersionError as exc:
+            # refused, not used: drift is off for this deployment until the profile is rebuilt
+            log.warning("baseline profile %s/%s refused: %s", ns, ref["configMapName"], exc)
+            return None
         self._profiles[key] = (text, profile)
         return profile
 
     # ---- the whole thing -------------------------------------------------------------------------
     def collect(self, cr: Mapping[str, Any], spec: Mapping[str, Any], collected_at: str) -> dict[str, Any] | None:
         """status.metrics for ``cr``, or None when there is nothing to scrape yet."""
-        from mlops.serving.sidecar_metrics import merge_snapshots, parse_metrics, summarize
+        from mlops.serving.sidecar_metrics import (
+            data_quality_from_snapshot,
+            merge_snapshots,
+            parse_metrics,
+            summarize,
+        )
 
         meta = cr["metadata"]
         urls = self.override_endpoints(meta["namespace"], meta["name"])
         if urls is not None:
             texts = self._scrape(urls)
         elif self.prometheus_url:
-            texts = [self._prometheus_text(cr)]
+            texts = {"prometheus": self._prometheus_text(cr)}
         else:
             # pod IPs are reached directly, never through an HTTP(S)_PROXY from the environment
             texts = self._scrape(self.pod_endpoints(cr), trust_env=False)
         if not texts:
             return None
-        snapshot = merge_snapshots(parse_metrics(t) for t in texts)
+        per_source = {source: parse_metrics(t) for source, t in texts.items()}
+        snapshot = merge_snapshots(per_source.values())
         profile = self.baseline_profile(cr, spec)
-        summary = summarize(snapshot, profile, spec["monitoring"].get("baselineAccuracy"))
-        return to_status_metrics(summary, collected_at)
+        baseline = spec["monitoring"].get("baselineAccuracy")
+        # cumulative numbers for display; drift is decided on windows below, not on cumulative counts
+        summary = summarize(snapshot, None, baseline)
+        summary["data_quality"] = data_quality_from_snapshot(snapshot, profile)["score"]
+        metrics = to_status_metrics(summary, collected_at)
+        metrics.update(self.window_metrics(cr, per_source, profile, baseline))
+        return metrics
+
+    def window_metrics(self, cr: Mapping[str, Any], per_source: Mapping[str, Any], profile: Any,
+                       baseline_accuracy: float | None) -> dict[str, Any]:
+        """Advance this deployment's windows with the per-source counters and return the keys of the
+        last drift and accuracy decisions (``mlops.operator.windows``)."""
+        from mlops.operator import windows
+
+        meta = cr["metadata"]
+        key = (meta["namespace"], meta["name"], meta.get("uid", ""))
+        state = self._windows.setdefault(key, windows.WindowState())
+        windows.advance(state, per_source)
+        return windows.evaluate(state, profile, baseline_accuracy)
 
 
 def _escape(value: str) -> str:

@@ -1,7 +1,8 @@
 """Pure status computation: observed objects + plan (+ collected metrics) -> the status to write.
 
 Kept free of I/O and clocks (``now`` is passed in as an RFC 3339 string) so every phase/condition
-transition is unit-tested without a cluster.
+transition is unit-tested without a cluster. The statistical decisions (Drifting, accuracy alerts)
+read the results of window tests (``mlops.operator.windows``), never raw cumulative numbers.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlops.operator.resources import naming as n
+from mlops.operator.windows import ACCURACY_WINDOW_ALPHA, MIN_LABELLED_WINDOW
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Drifting")
 
@@ -206,9 +208,21 @@ def _artifact_summary(plan: Any, checks: Mapping[str, Any] | None) -> str:
 
 
 def is_drifting(metrics: Mapping[str, Any], thresholds: Mapping[str, float]) -> bool:
-    """Drift as the status reports it: a named drifted feature, or a drift score at the threshold."""
-    score = metrics.get("driftScore")
-    return bool(metrics.get("driftedFeatures")) or (score is not None and score >= thresholds["driftThreshold"])
+    """Drift as the status reports it: the last drift window test (``mlops.operator.windows``, at a
+    per-evaluation level of 5e-5, family-wise over features) named a drifted feature. The drift
+    score is the share of drifted features, so it is positive only when a feature is named."""
+    return bool(metrics.get("driftedFeatures"))
+
+
+def accuracy_drop(metrics: Mapping[str, Any], baseline_accuracy: float | None) -> float | None:
+    """The drop of the last accuracy window below the baseline, when that window's one-sided exact
+    test rejects at ``ACCURACY_WINDOW_ALPHA`` (None otherwise: not tested, or within noise)."""
+    acc, p_value = metrics.get("windowAccuracy"), metrics.get("accuracyDropPValue")
+    if acc is None or p_value is None or baseline_accuracy is None:
+        return None
+    if int(metrics.get("windowLabelled") or 0) < MIN_LABELLED_WINDOW or p_value > ACCURACY_WINDOW_ALPHA:
+        return None
+    return baseline_accuracy - acc
 
 
 def evaluate_alerts(
@@ -216,7 +230,10 @@ def evaluate_alerts(
     thresholds: Mapping[str, float],
     baseline_accuracy: float | None,
 ) -> list[dict[str, str]]:
-    """Alerts (severity, type, message) for collected metrics against the spec's thresholds."""
+    """Alerts (severity, type, message) for collected metrics against the spec's thresholds.
+
+    Accuracy alerts need the last accuracy window to be significantly below the baseline (a raw drop
+    on a handful of labels is noise); drift alerts need a drift window test to name a feature."""
     alerts: list[dict[str, str]] = []
 
     def add(severity: str, kind: str, message: str) -> None:
@@ -229,11 +246,12 @@ def evaluate_alerts(
                 add(severity, kind, describe(thresholds[key]))
                 return
 
-    acc = metrics.get("accuracy")
-    if acc is not None and baseline_accuracy is not None:
-        drop = baseline_accuracy - acc
+    drop = accuracy_drop(metrics, baseline_accuracy)
+    if drop is not None:
+        acc, n, p_value = metrics["windowAccuracy"], metrics["windowLabelled"], metrics["accuracyDropPValue"]
         ladder(drop, "criticalAccuracyDrop", "warningAccuracyDrop", "AccuracyDrop",
-               lambda _t: f"accuracy {acc:.4f} is {drop:.4f} below baseline {baseline_accuracy:.4f}")
+               lambda _t: f"accuracy {acc:.4f} on the last {n} labelled predictions is {drop:.4f} below "
+                          f"baseline {baseline_accuracy:.4f} (exact one-sided p={p_value:.2g})")
     err = metrics.get("errorRate")
     if err is not None:
         ladder(err, "criticalErrorRate", "warningErrorRate", "ErrorRate",

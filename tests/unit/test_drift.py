@@ -167,7 +167,9 @@ def test_distance_tests_compare_with_thresholds_and_have_no_p_value(test):
     ref, cur = _numeric(rng, 4000, 2), _numeric(rng, 4000, 2, {1: 1.0})
     report = detect_drift(ref, cur, numeric_test=test)
     assert report.drifted_features == ["f1"]
-    assert report.columns["f0"].p_value is None and report.columns["f0"].threshold == 0.1
+    # the distance is the effect size; the KS gate's p-value (Holm-corrected) must also reject
+    assert report.columns["f0"].distance and report.columns["f0"].threshold == 0.1
+    assert report.columns["f1"].adjusted_p_value <= 0.05
     report = detect_drift(ref, cur, numeric_test=test, thresholds={"f1": 50.0})
     assert report.drifted_features == []
 

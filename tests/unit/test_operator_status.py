@@ -78,13 +78,19 @@ def test_invalid_spec_and_held_artifacts_are_reported():
 
 def test_alerts_follow_the_spec_thresholds():
     th = dict(DEFAULT_ALERTS)
+    # accuracy alerts read the last accuracy window test (windows.py): significant and past the threshold
+    window = {"windowAccuracy": 0.80, "windowLabelled": 2000, "accuracyDropPValue": 1e-9}
     alerts = st.evaluate_alerts({"accuracy": 0.80, "errorRate": 0.015, "latencyP95Ms": 600.0,
-                                 "driftScore": 0.3, "driftedFeatures": ["Age"], "dataQuality": 0.9}, th, 0.87)
+                                 "driftScore": 0.3, "driftedFeatures": ["Age"], "dataQuality": 0.9, **window}, th, 0.87)
     got = {(a["severity"], a["type"]) for a in alerts}
     assert got == {("CRITICAL", "AccuracyDrop"), ("WARNING", "ErrorRate"), ("CRITICAL", "Latency"),
                    ("WARNING", "Drift"), ("WARNING", "DataQuality")}
     assert st.evaluate_alerts({"accuracy": 0.86, "errorRate": 0.0, "latencyP95Ms": 10.0, "dataQuality": 1.0}, th, 0.87) == []
-    assert {a["severity"] for a in st.evaluate_alerts({"accuracy": 0.84}, th, 0.87)} == {"WARNING"}
+    warn = {"windowAccuracy": 0.84, "windowLabelled": 5000, "accuracyDropPValue": 1e-7}
+    assert {a["severity"] for a in st.evaluate_alerts(warn, th, 0.87)} == {"WARNING"}
+    # a raw drop without a significant window test (too few labels, or noise) raises nothing
+    assert st.evaluate_alerts({"accuracy": 0.5}, th, 0.87) == []
+    assert st.evaluate_alerts({**window, "accuracyDropPValue": 0.01}, th, 0.87) == []
 
 
 def test_metrics_status_sets_drifting_with_feature_names():

@@ -31,7 +31,9 @@ def test_check_window_pools_small_batches_into_an_accuracy_alert():
     small_batches(monitor, rng, 5, 0.9)  # 100 labels: the measured baseline, 0.9
     assert monitor.baseline_accuracy == pytest.approx(0.9)
     now[0] += 400
-    small_batches(monitor, rng, 25, 0.8)  # 500 labels at 0.8, 20 at a time
+    # 500 labels at 0.5, 20 at a time (a baseline from 100 labels is uncertain: the exact test at the
+    # per-evaluation level 1e-5 needs a clear drop)
+    small_batches(monitor, rng, 25, 0.5)
     alerts = monitor.check_window(300)
     assert {(a["alert_type"], a["severity"]) for a in alerts} >= {("accuracy_drop", "CRITICAL"),
                                                                  ("concept_drift", "CRITICAL")}

