@@ -21,6 +21,8 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from mlops.core.arm_counts import ArmRecorder, ArmTable
+from mlops.core.arm_tag import tag_from_prediction_id
 from mlops.core.counters import (  # noqa: F401 - re-exported: the public home used to be this module
     CONFUSION,
     ERRORS,
@@ -88,6 +90,40 @@ def metric_families(snapshot: SidecarSnapshot) -> Iterator[Any]:
                   ["version", "feature"], snapshot.feature_invalid)
 
 
+EXPERIMENT_PREDICTIONS = "mlops_experiment_predictions_total"
+EXPERIMENT_ERRORS = "mlops_experiment_errors_total"
+EXPERIMENT_FEEDBACK = "mlops_experiment_feedback_total"
+EXPERIMENT_CORRECT = "mlops_experiment_correct_total"
+EXPERIMENT_USERS = "mlops_experiment_users"
+
+
+def arm_metric_families(model: str | None, arms: ArmTable) -> Iterator[Any]:
+    """Per-arm counters for dashboards (``experiment``, ``phase``, ``arm`` labels; bounded). The
+    operator reads the full per-arm state, sketches and per-user sums included, from ``/v1/arms``."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    labels = ["model", "experiment", "phase", "arm"]
+    families = {
+        "predictions": CounterMetricFamily(EXPERIMENT_PREDICTIONS.removesuffix("_total"),
+                                           "Predictions per experiment arm (in-segment users only).", labels=labels),
+        "errors": CounterMetricFamily(EXPERIMENT_ERRORS.removesuffix("_total"), "Failed predictions per arm.",
+                                      labels=labels),
+        "labelled": CounterMetricFamily(EXPERIMENT_FEEDBACK.removesuffix("_total"), "True outcomes per arm.",
+                                        labels=labels),
+        "correct": CounterMetricFamily(EXPERIMENT_CORRECT.removesuffix("_total"), "Correct predictions per arm.",
+                                       labels=labels),
+    }
+    users = GaugeMetricFamily(EXPERIMENT_USERS, "Distinct users per arm seen by this sidecar (HyperLogLog estimate).",
+                              labels=labels)
+    for (experiment, phase, arm), counts in sorted(arms.items()):
+        values = [model or "", experiment, str(phase), arm]
+        for attr, family in families.items():
+            family.add_metric(values, getattr(counts, attr))
+        users.add_metric(values, round(counts.user_sketch.estimate()))
+    yield from families.values()
+    yield users
+
+
 class SnapshotCollector:
     """A prometheus_client collector exposing a recorder's current snapshot at scrape time."""
 
@@ -95,7 +131,11 @@ class SnapshotCollector:
         self._source = source  # anything with .snapshot() -> SidecarSnapshot
 
     def collect(self) -> Iterator[Any]:
-        yield from metric_families(self._source.snapshot())
+        snapshot = self._source.snapshot()
+        yield from metric_families(snapshot)
+        arms = getattr(self._source, "arms", None)
+        if arms is not None:
+            yield from arm_metric_families(snapshot.model, arms())
 
 
 def render_metrics(snapshot: SidecarSnapshot) -> str:
@@ -228,6 +268,12 @@ class SidecarRecorder:
         self._features = list(feature_names) if feature_names is not None else None
         self._seen_feedback: OrderedDict[str, None] = OrderedDict()
         self._dedupe_capacity = dedupe_capacity
+        self._arms = ArmRecorder()
+
+    def arms(self) -> ArmTable:
+        """Per experiment-arm counts (``mlops.core.arm_counts``) of the tagged events seen so far."""
+        with self._lock:
+            return self._arms.snapshot()
 
     def snapshot(self) -> SidecarSnapshot:
         with self._lock:
@@ -244,7 +290,15 @@ class SidecarRecorder:
         if self._binner is not None:
             for version, group in by_version.items():
                 binned[version] = self._binner([_get(e, "features") or {} for e in group])
+        tagged = []
+        for event in events:
+            tag = tag_from_prediction_id(_get(event, "prediction_id"))
+            if tag is not None:
+                tagged.append((tag, bool(_get(event, "error")), float(_get(event, "latency_seconds") or 0.0)))
         with self._lock:
+            for tag, error, seconds in tagged:
+                self._arms.prediction((tag.experiment, tag.phase, tag.arm), tag.user, error=error,
+                                      latency_seconds=seconds)
             snap = self._snap
             for version, group in by_version.items():
                 _add(snap.predictions, version, float(len(group)))
@@ -289,8 +343,11 @@ class SidecarRecorder:
                 if len(self._seen_feedback) > self._dedupe_capacity:
                     self._seen_feedback.popitem(last=False)
                 _add(snap.feedback, version, 1.0)
-                key = (version, label_str(_get(event, "true_label")), label_str(_get(event, "prediction")))
-                _add(snap.confusion, key, 1.0)
+                true, predicted = label_str(_get(event, "true_label")), label_str(_get(event, "prediction"))
+                _add(snap.confusion, (version, true, predicted), 1.0)
+                tag = tag_from_prediction_id(pid)
+                if tag is not None:
+                    self._arms.outcome((tag.experiment, tag.phase, tag.arm), tag.user, correct=true == predicted)
 
 
 def _get(event: Any, name: str) -> Any:
