@@ -24,6 +24,8 @@ from typing import Any
 from mlops.operator import status as st
 from mlops.operator.artifacts import ArtifactVerifier
 from mlops.operator.collector import CollectError, Collector
+from mlops.operator.experiments import register as register_experiments
+from mlops.operator.experiments import routing_for
 from mlops.operator.k8s import Kube, KubeError, now_rfc3339
 from mlops.operator.metrics import OperatorMetrics
 from mlops.operator.resources import naming as n
@@ -130,9 +132,12 @@ class Controller:
                     "sha256": ann[n.ANN_ARTIFACT_SHA256],
                     "format": ann.get(n.ANN_ARTIFACT_FORMAT, "skops"),
                 }
+        experiment, promoted = routing_for(self.kube, cr)  # running ABExperiment and autoPromote record
         observed = Observed(
             deployed_artifacts=deployed,
             previous_stable=(cr.get("status") or {}).get("currentVersion"),
+            experiment=experiment,
+            promoted=promoted,
             cluster_domain=self.config.cluster_domain,
         )
         return owned, observed
@@ -378,4 +383,5 @@ def build_registry(controller: Controller) -> Any:
         # A deleted owned Deployment is re-created by a full reconcile; otherwise only status moves.
         controller.schedule(key, full=event.get("type") == "DELETED")
 
+    register_experiments(registry, controller)
     return registry

@@ -27,6 +27,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
     n.KIND: (f"/apis/{n.API_VERSION}", n.PLURAL),
+    n.ABX_KIND: (f"/apis/{n.API_VERSION}", n.ABX_PLURAL),
 }
 # What prune looks at, in deletion order (workloads before what they use).
 PRUNABLE = ("Deployment", "Service", "ConfigMap", "ServiceAccount")
@@ -177,14 +178,15 @@ class Kube:
         path = f"/apis/{n.API_VERSION}/{n.PLURAL}" if namespace is None else _path(n.KIND, namespace)
         return list(self._call("GET", path).get("items") or [])
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], uid: str | None = None) -> dict:
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], uid: str | None = None,
+                     kind: str = n.KIND) -> dict:
         """JSON merge patch of the status subresource only: the spec is never written."""
         body: dict[str, Any] = {"status": dict(status)}
         if uid:
             body["metadata"] = {"uid": uid}
         return self._call(
             "PATCH",
-            _path(n.KIND, namespace, name, "status"),
+            _path(kind, namespace, name, "status"),
             body=body,
             content_type="application/merge-patch+json",
         )
@@ -198,7 +200,7 @@ class Kube:
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": n.API_VERSION,
-                "kind": n.KIND,
+                "kind": cr.get("kind") or n.KIND,
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid"),
