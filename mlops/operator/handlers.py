@@ -57,6 +57,7 @@ class OperatorConfig:
     artifact_max_bytes: int = 256 << 20
     cluster_domain: str = "cluster.local"
     workers: int = 4
+    clock_offset_file: str | None = None  # tests: seconds added to the wall clock (mlops.operator.main)
 
 
 def backoff(retry: int) -> float:
