@@ -17,10 +17,17 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from test_experiments import ConfigMapDir, _start, _stop, _wait_http, free_port, sha256_of
 
 from mlops.core.arm_counts import table_from_list
 from mlops.serving.routing_table import choose_version, parse_routing_table
+from mlops.testing.experiment_stack import (
+    ConfigMapDir,
+    free_port,
+    sha256_of,
+    start_mlops,
+    stop_all,
+    wait_http,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 KEY = "k" * 40
@@ -42,8 +49,8 @@ def stack(tmp_path_factory):
     try:
         for v in ("v1", "v2"):
             sp, mp = free_port(), free_port()
-            procs.append(_start(["sidecar", "--port", str(sp), "--model-name", "alz"], env))
-            procs.append(_start(["serve", "--model-uri", model.as_uri(), "--sha256", sha256_of(model), "--version", v,
+            procs.append(start_mlops(["sidecar", "--port", str(sp), "--model-name", "alz"], env))
+            procs.append(start_mlops(["serve", "--model-uri", model.as_uri(), "--sha256", sha256_of(model), "--version", v,
                                  "--model-name", "alz", "--sidecar-url", f"http://127.0.0.1:{sp}", "--flush-interval",
                                  "0.1", "--host", "127.0.0.1", "--port", str(mp), "--log-level", "warning"], env))
             info[v] = {"server": f"http://127.0.0.1:{mp}", "sidecar": f"http://127.0.0.1:{sp}"}
@@ -54,14 +61,14 @@ def stack(tmp_path_factory):
                                 "treatment_share": 0.5, "segment": {"age": {"min": 65}}, "paused": False, "phase": 3}}
         folder.write(json.dumps(table))
         port = free_port()
-        procs.append(_start(["route", "--table", str(folder.path), "--port", str(port), "--poll-interval", "0.1"], env))
+        procs.append(start_mlops(["route", "--table", str(folder.path), "--port", str(port), "--poll-interval", "0.1"], env))
         for i, v in enumerate(info):
-            _wait_http(info[v]["sidecar"] + "/healthz", procs[2 * i])
-            _wait_http(info[v]["server"] + "/health", procs[2 * i + 1])
-        _wait_http(f"http://127.0.0.1:{port}/healthz", procs[-1])
+            wait_http(info[v]["sidecar"] + "/healthz", procs[2 * i])
+            wait_http(info[v]["server"] + "/health", procs[2 * i + 1])
+        wait_http(f"http://127.0.0.1:{port}/healthz", procs[-1])
         yield {"router": f"http://127.0.0.1:{port}", "info": info, "folder": folder, "table": table}
     finally:
-        _stop(procs)
+        stop_all(procs)
 
 
 def _arms(info) -> dict:
