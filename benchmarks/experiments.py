@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             sim.run(stack.users(name, 600), {"control": 0.80, "treatment": 0.95}, per_user=2)
             want_pred = sim.sent["control"] + sim.sent["treatment"]
             want_lab = sim.labelled["control"] + sim.labelled["treatment"]
-            stack.wait_until(lambda n=name: _arm_totals(pairs["info"], n) == (want_pred, want_lab), 30,
+            stack.wait_until(lambda n=name, w=(want_pred, want_lab): _arm_totals(pairs["info"], n) == w, 30,
                              "sidecars hold the batch")
             t0 = time.monotonic()
             stack.wait_until(lambda n=name: scenario.status(n).get("winner") == "treatment", 60, "verdict",
