@@ -21,19 +21,31 @@ Design choices (see docs/ab-testing.md):
 * **Sample size for the sequential design**: the smallest n at which, looking only once at n, the
   mSPRT boundary is crossed with probability ``power`` when the true difference is the MDE. Looks
   before n only add rejections, so the power with continuous monitoring is at least that. It is
-  about twice the fixed-horizon n (0.85 vs 0.88, alpha 0.05, power 0.8: 3,950 vs 2,036 per arm),
+  about twice the fixed-horizon n (0.85 vs 0.88, alpha 0.05, power 0.8: 3,940 vs 2,036 per arm),
   the price of being allowed to peek.
-* **Sample-ratio mismatch**: chi-square goodness of fit of the arm sizes against the configured
-  split, at ``alpha=0.001``; a failure blocks the verdict.
+* **Units of analysis are users** (the unit of randomisation): outcomes of one user are correlated,
+  so a metric is a ratio of per-user sums (``sum s_i / sum n_i``) whose variance comes from the delta
+  method (Deng, Knoblich & Lu 2018) over :class:`RatioSums`, six plain additive counters per arm
+  (units, sum n, sum s, sum n^2, sum s^2, sum n*s). Counters of disjoint sets of units add, so
+  replicas and restarts merge by addition. A sidecar that cannot see a user's whole history can
+  export per-*bucket* counters (users hashed into buckets; :func:`ratio_sums_from_buckets`): buckets
+  of users are independent clusters too, so the same formula applies with buckets as units.
+* **Sample-ratio mismatch**: an always-valid test (a beta-binomial mixture likelihood ratio, as in
+  Lindon & Malek 2020) of the units per arm against the split, at ``alpha=0.001`` over *all* looks
+  (Ville's inequality), per allocation phase with Bonferroni across phases; a failure blocks the
+  verdict. The fixed-horizon chi-square p-value is reported beside it.
 * **Guardrails** are one-sided non-inferiority tests (treatment not worse than control by more than
-  a margin); secondary metrics are corrected with Holm's step-down method.
+  a margin): :func:`sequential_non_inferiority` passes once the always-valid confidence sequence
+  excludes the margin (running intersection over looks), so peeking does not inflate the chance of
+  passing a guardrail that is exactly at its margin. Secondary metrics are corrected with Holm's
+  step-down method.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -273,6 +285,132 @@ def sequential_means(
     return msprt(mean_b - mean_a, var_a / n_a + var_b / n_b, tau, alpha, prior_p_value)
 
 
+# --------------------------------------------------------------------------- user-level (delta method)
+
+
+@dataclass(frozen=True)
+class RatioSums(_ToDict):
+    """Additive per-arm counters for a ratio metric ``sum(s_i) / sum(n_i)`` over independent units.
+
+    A unit is a user (or a bucket of users); ``n_i`` is its denominator (labelled predictions,
+    predictions) and ``s_i`` its numerator (correct predictions, summed latency). Sums over disjoint
+    sets of units add: ``a + b`` is the sums of both sets (replicas that see disjoint users, or the
+    same store before and after a restart).
+    """
+
+    units: int = 0
+    n: float = 0.0
+    s: float = 0.0
+    nn: float = 0.0
+    ss: float = 0.0
+    ns: float = 0.0
+
+    def __add__(self, other: RatioSums) -> RatioSums:
+        return RatioSums(self.units + other.units, self.n + other.n, self.s + other.s, self.nn + other.nn,
+                         self.ss + other.ss, self.ns + other.ns)
+
+    @classmethod
+    def from_units(cls, n: Any, s: Any) -> RatioSums:
+        """Sums of per-unit arrays ``n`` and ``s`` (units with ``n == 0`` are left out)."""
+        n_arr, s_arr = np.asarray(n, dtype=float), np.asarray(s, dtype=float)
+        keep = n_arr > 0
+        n_arr, s_arr = n_arr[keep], s_arr[keep]
+        return cls(int(keep.sum()), float(n_arr.sum()), float(s_arr.sum()), float((n_arr * n_arr).sum()),
+                   float((s_arr * s_arr).sum()), float((n_arr * s_arr).sum()))
+
+    def updated(self, old_n: float, old_s: float, dn: float, ds: float) -> RatioSums:
+        """The sums after one unit's ``(n, s)`` went from ``(old_n, old_s)`` to ``(old_n + dn, old_s + ds)``."""
+        new_n, new_s = old_n + dn, old_s + ds
+        new_unit = 1 if old_n <= 0 < new_n else 0
+        return RatioSums(
+            self.units + new_unit, self.n + dn, self.s + ds, self.nn + new_n * new_n - old_n * old_n,
+            self.ss + new_s * new_s - old_s * old_s, self.ns + new_n * new_s - old_n * old_s,
+        )
+
+    @property
+    def ratio(self) -> float | None:
+        return self.s / self.n if self.n > 0 else None
+
+    def ratio_variance(self) -> float | None:
+        """Delta-method variance of ``s / n`` with units as the independent draws (None below 2 units)."""
+        return ratio_variance(self.units, self.n, self.s, self.nn, self.ss, self.ns)
+
+
+def ratio_variance(units: Any, n: Any, s: Any, nn: Any, ss: Any, ns: Any) -> Any:
+    """Delta-method variance of ``s/n`` from the six sums (elementwise; NaN below 2 units).
+
+    ``Var(R) = (var_s - 2 R cov_sn + R^2 var_n) / (U * mean_n^2)`` with sample (ddof=1) moments over
+    the ``U`` units (Deng, Knoblich & Lu 2018). Returns a float, or None for a scalar with < 2 units.
+    """
+    scalar = np.ndim(units) == 0
+    u = np.asarray(units, dtype=float)
+    n_, s_ = np.asarray(n, dtype=float), np.asarray(s, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = s_ / n_
+        mean_n = n_ / u
+        var_n = (np.asarray(nn, float) - n_ * n_ / u) / (u - 1)
+        var_s = (np.asarray(ss, float) - s_ * s_ / u) / (u - 1)
+        cov = (np.asarray(ns, float) - n_ * s_ / u) / (u - 1)
+        v = np.maximum(var_s - 2 * r * cov + r * r * var_n, 0.0) / (u * mean_n * mean_n)
+    v = np.where(u >= 2, v, np.nan)
+    if scalar:
+        value = float(v)
+        return value if math.isfinite(value) else None
+    return v
+
+
+def ratio_sums_from_buckets(n_by_bucket: Mapping[Any, float], s_by_bucket: Mapping[Any, float]) -> RatioSums:
+    """:class:`RatioSums` with hash buckets of users as the units, from per-bucket counters.
+
+    What a sidecar exports when it cannot keep each user's history: for each (arm, bucket) two plain
+    counters ``n`` and ``s``, merged across replicas by addition; users are hashed into buckets
+    independently of their arm, so buckets are independent clusters and the delta method applies.
+    """
+    keys = set(n_by_bucket) | set(s_by_bucket)
+    return RatioSums.from_units([n_by_bucket.get(k, 0.0) for k in keys], [s_by_bucket.get(k, 0.0) for k in keys])
+
+
+def _proportion_floor(sums_a: RatioSums, sums_b: RatioSums) -> float:
+    return float(proportion_difference_variance(sums_a.s, sums_a.n, sums_b.s, sums_b.n))
+
+
+def user_level_variance(sums_a: RatioSums, sums_b: RatioSums, *, proportion: bool = True) -> float | None:
+    """Variance of ``ratio_b - ratio_a`` from the delta method over users.
+
+    For proportions it is never below the binomial variance of the shrunk rates (a floor that keeps
+    the variance positive when every user has the same rate, and that is conservative when outcomes
+    within a user are negatively correlated).
+    """
+    va, vb = sums_a.ratio_variance(), sums_b.ratio_variance()
+    if va is None or vb is None or sums_a.n <= 0 or sums_b.n <= 0:
+        return None
+    v = va + vb
+    if proportion:
+        v = max(v, _proportion_floor(sums_a, sums_b))
+    return v if v > 0 else None
+
+
+def design_effect(sums_a: RatioSums, sums_b: RatioSums) -> float:
+    """How many times the user-level variance exceeds the variance that treats predictions as
+    independent (>= 1; 1 when it cannot be estimated)."""
+    v = user_level_variance(sums_a, sums_b)
+    if v is None:
+        return 1.0
+    return max(1.0, v / _proportion_floor(sums_a, sums_b))
+
+
+def sequential_ratio(
+    sums_a: RatioSums, sums_b: RatioSums, alpha: float = 0.05, tau: float = 0.02,
+    prior_p_value: float | None = None, *, proportion: bool = True,
+) -> SequentialTest:
+    """mSPRT for ``ratio_b - ratio_a`` with the user-level (delta-method) variance."""
+    if sums_a.n <= 0 or sums_b.n <= 0:
+        return msprt(math.nan, 0.0, tau, alpha, prior_p_value)
+    v = user_level_variance(sums_a, sums_b, proportion=proportion)
+    estimate = sums_b.s / sums_b.n - sums_a.s / sums_a.n
+    return msprt(estimate, v if v is not None else 0.0, tau, alpha, prior_p_value)
+
+
 # --------------------------------------------------------------------------- sample sizes
 
 
@@ -391,6 +529,77 @@ def srm_check(n_a: int, n_b: int, expected_share_b: float, alpha: float = 0.001)
                     alpha, p_value < alpha)
 
 
+def srm_log_bayes_factor(n_a: Any, n_b: Any, expected_share_b: float, concentration: float = 1000.0) -> Any:
+    """log of the beta-binomial mixture likelihood ratio of arm counts against ``expected_share_b``.
+
+    Under H0 (each unit lands in treatment with probability ``expected_share_b``, independently) it
+    is a non-negative martingale in the number of units, so by Ville's inequality it exceeds
+    ``1/alpha`` at *any* look with probability at most ``alpha``. The Beta prior has mean the expected
+    share and ``concentration`` pseudo-units (1,000: prior sd of the share about 0.016 at 50/50).
+    """
+    from scipy.special import betaln
+
+    na, nb = np.asarray(n_a, dtype=float), np.asarray(n_b, dtype=float)
+    p = float(expected_share_b)
+    a, b = concentration * p, concentration * (1 - p)
+    return betaln(a + nb, b + na) - betaln(a, b) - nb * math.log(p) - na * math.log(1 - p)
+
+
+@dataclass(frozen=True)
+class PhaseCounts:
+    """Units per arm in one allocation phase and the treatment share the phase was run at."""
+
+    n_a: int
+    n_b: int
+    expected_share_b: float | None  # None: the share varied inside the phase (not tested)
+
+
+def sequential_srm(
+    phases: Sequence[PhaseCounts], alpha: float = 0.001, prior_p_values: Sequence[float | None] | None = None,
+) -> tuple[SRMCheck, list[float]]:
+    """Always-valid SRM over allocation phases: each phase's units against that phase's share.
+
+    Returns the check (its ``p_value`` is the always-valid one, Bonferroni across the tested phases,
+    ``chi2`` the fixed-horizon statistic of the most mismatched phase) and the per-phase running
+    p-values to pass back as ``prior_p_values`` at the next look.
+    """
+    _check_alpha(alpha)
+    priors = list(prior_p_values or [])
+    running: list[float] = []
+    tested = 0
+    worst: tuple[float, PhaseCounts | None, float] = (1.0, None, 0.0)
+    total_a = total_b = 0
+    for k, ph in enumerate(phases):
+        total_a += ph.n_a
+        total_b += ph.n_b
+        prior = priors[k] if k < len(priors) and priors[k] is not None else 1.0
+        if ph.expected_share_b is None or ph.n_a + ph.n_b == 0:
+            running.append(float(prior))
+            continue
+        tested += 1
+        if ph.expected_share_b in (0.0, 1.0):
+            impossible = ph.n_b if ph.expected_share_b == 0.0 else ph.n_a
+            p = 0.0 if impossible else 1.0
+        else:
+            log_bf = float(srm_log_bayes_factor(ph.n_a, ph.n_b, ph.expected_share_b))
+            p = math.exp(-log_bf) if log_bf > 0 else 1.0
+        p = min(float(prior), p)
+        running.append(p)
+        if worst[1] is None or p < worst[0]:
+            fixed = srm_check(ph.n_a, ph.n_b, ph.expected_share_b, alpha)
+            worst = (p, ph, fixed.chi2)
+    p_all = min(1.0, worst[0] * max(1, tested))
+    ph = worst[1]
+    total = total_a + total_b
+    if ph is None:
+        share = next((x.expected_share_b for x in phases if x.expected_share_b is not None), 0.5)
+        return SRMCheck(total_a, total_b, float(share), total_b / total if total else None, 0.0, 1.0, alpha,
+                        False), running
+    observed = ph.n_b / (ph.n_a + ph.n_b)
+    return SRMCheck(int(ph.n_a), int(ph.n_b), float(ph.expected_share_b), observed, float(worst[2]), p_all, alpha,
+                    p_all <= alpha), running
+
+
 @dataclass(frozen=True)
 class NonInferiorityTest(_ToDict):
     """One-sided test that treatment is not worse than control by more than ``margin``."""
@@ -403,6 +612,7 @@ class NonInferiorityTest(_ToDict):
     alpha: float
     passed: bool
     lower_is_better: bool
+    method: str = "fixed"
 
 
 def non_inferiority(
@@ -432,6 +642,47 @@ def non_inferiority(
     p_value = float(stats.norm.sf(stat)) if math.isfinite(stat) else 0.0
     return NonInferiorityTest(metric, float(difference), margin, float(bound), p_value, alpha, bool(passed),
                               lower_is_better)
+
+
+def sequential_non_inferiority(
+    metric: str, difference: float | None, variance: float | None, margin: float, lower_is_better: bool,
+    alpha: float = 0.05, *, tau: float | None = None, prior_bound: float | None = None,
+) -> NonInferiorityTest:
+    """Always-valid non-inferiority: passes once the mSPRT confidence sequence excludes the margin.
+
+    ``bound`` is the running best one-sided bound (the upper end of the confidence sequence for a
+    lower-is-better metric, the lower end otherwise), intersected with ``prior_bound`` from earlier
+    looks; since the sequence covers the true difference at every look with probability
+    ``1 - alpha``, a guardrail exactly at its margin is passed with probability at most ``alpha``
+    however often it is looked at. ``tau`` (mixing scale) defaults to the margin. ``p_value`` is the
+    always-valid p-value of the look for H0: difference at the margin.
+    """
+    _check_alpha(alpha)
+    if margin < 0:
+        raise ValueError("margin must be non-negative")
+    tau_ = float(tau) if tau is not None and tau > 0 else (margin if margin > 0 else 1.0)
+    if difference is None or variance is None or not math.isfinite(difference) or not variance > 0:
+        bound = prior_bound
+        passed = bound is not None and (bound < margin if lower_is_better else bound > -margin)
+        return NonInferiorityTest(metric, None, margin, bound, 1.0, alpha, bool(passed), lower_is_better,
+                                  "always-valid")
+    half = float(msprt_half_width(variance, tau_ * tau_, alpha))
+    if lower_is_better:
+        bound = difference + half
+        if prior_bound is not None:
+            bound = min(bound, float(prior_bound))
+        passed = bound < margin
+        gap = margin - difference
+    else:
+        bound = difference - half
+        if prior_bound is not None:
+            bound = max(bound, float(prior_bound))
+        passed = bound > -margin
+        gap = difference + margin
+    log_lr = float(msprt_log_lambda(gap, variance, tau_ * tau_)) if gap > 0 else 0.0
+    p_value = math.exp(-log_lr) if log_lr > 0 else 1.0
+    return NonInferiorityTest(metric, float(difference), margin, float(bound), min(1.0, p_value), alpha,
+                              bool(passed), lower_is_better, "always-valid")
 
 
 def holm_adjust(p_values: Mapping[str, float]) -> dict[str, float]:
@@ -477,6 +728,7 @@ def decide(
     tau: float | None = None, prior_p_value: float | None = None,
     guardrails: Sequence[NonInferiorityTest] = (), metric: str = "accuracy",
     srm_counts: tuple[int, int] | None = None, srm_expected_share: float | None = None,
+    sums_a: RatioSums | None = None, sums_b: RatioSums | None = None, srm_result: SRMCheck | None = None,
 ) -> Verdict:
     """Combine SRM, minimum samples, the always-valid test, practical significance and guardrails.
 
@@ -487,17 +739,37 @@ def decide(
     inconclusive ("need N more samples"), after it there is no winner.
 
     The SRM check runs on ``srm_counts`` (units of randomisation, e.g. distinct users per arm) when
-    given, else on the analysed sample sizes, against ``srm_expected_share`` (default: the split).
+    given, else on the analysed sample sizes, against ``srm_expected_share`` (default: the split);
+    ``srm_result`` (e.g. from :func:`sequential_srm`) replaces it.
+
+    With ``sums_a``/``sums_b`` (per-user :class:`RatioSums`) the successes and totals are theirs, the
+    variance is the user-level delta-method variance (for the always-valid test and the reported
+    interval), and the planned sample size is inflated by the observed design effect.
     """
     _check_alpha(alpha)
     if mde <= 0:
         raise ValueError("mde must be positive")
     tau = tau if tau is not None else mde
-    fixed = analyze_proportions(successes_a, n_a, successes_b, n_b, alpha)
-    seq = sequential_proportions(successes_a, n_a, successes_b, n_b, alpha, tau, prior_p_value)
+    deff = 1.0
+    if sums_a is not None and sums_b is not None:
+        successes_a, n_a = int(round(sums_a.s)), int(round(sums_a.n))
+        successes_b, n_b = int(round(sums_b.s)), int(round(sums_b.n))
+        fixed = analyze_proportions(successes_a, n_a, successes_b, n_b, alpha)
+        seq = sequential_ratio(sums_a, sums_b, alpha, tau, prior_p_value)
+        v = user_level_variance(sums_a, sums_b)
+        deff = design_effect(sums_a, sums_b)
+        if v is not None and fixed.difference is not None:
+            half = float(stats.norm.ppf(1 - alpha / 2)) * math.sqrt(v)
+            z = fixed.difference / math.sqrt(v)
+            fixed = replace(fixed, ci_low=max(-1.0, fixed.difference - half), ci_high=min(1.0, fixed.difference + half),
+                            z=z, p_value=float(2 * stats.norm.sf(abs(z))))
+    else:
+        fixed = analyze_proportions(successes_a, n_a, successes_b, n_b, alpha)
+        seq = sequential_proportions(successes_a, n_a, successes_b, n_b, alpha, tau, prior_p_value)
     srm_a, srm_b = srm_counts if srm_counts is not None else (n_a, n_b)
     expected = srm_expected_share if srm_expected_share is not None else treatment_share
-    srm = srm_check(srm_a, srm_b, expected, srm_alpha)
+    srm = srm_result if srm_result is not None else srm_check(srm_a, srm_b, expected, srm_alpha)
+    expected = srm.expected_share_b
     baseline = fixed.rate_a if fixed.rate_a is not None and 0.0 < fixed.rate_a < 1.0 else 0.5
     baseline = min(max(baseline, 0.01), 0.99)
     effect = mde if baseline + mde < 1.0 else -mde
@@ -505,6 +777,8 @@ def decide(
         plan: SampleSizePlan | None = sequential_sample_size(baseline, effect, alpha, power, treatment_share, tau)
     except ValueError:
         plan = None
+    if plan is not None and deff > 1.0:
+        plan = _plan(plan.n_total * deff, treatment_share, "msprt-users", baseline, effect, alpha, power)
     need_c = max(min_samples_per_variant, plan.n_control if plan else 0)
     need_t = max(min_samples_per_variant, plan.n_treatment if plan else 0)
     more = max(0, need_c - n_a, need_t - n_b)
@@ -522,7 +796,7 @@ def decide(
         return verdict(
             "sample_ratio_mismatch", None,
             f"Sample ratio mismatch: observed treatment share {srm.observed_share_b:.3f} vs expected "
-            f"{expected:.3f} (chi-square p={srm.p_value:.2g}); assignment or logging is broken, "
+            f"{expected:.3f} (p={srm.p_value:.2g}); assignment or logging is broken, "
             "so no verdict is given until it is fixed.",
         )
     plan_text = (f"planned {need_c} control / {need_t} treatment to detect {mde:g} at power {power:g}"

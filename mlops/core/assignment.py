@@ -133,3 +133,57 @@ def ramp_share(strategy: str | None, target_split: float, started_at: float | No
         raise ValueError(f"target_split must be in [0, 1], got {target_split!r}")
     elapsed = 0.0 if started_at is None else float(now) - float(started_at)
     return parse_ramping_strategy(strategy).share(target, elapsed)
+
+
+@dataclass(frozen=True)
+class RampPhase:
+    """One allocation phase of a ramp: ``share`` is constant inside it (None for the ramping part of
+    a ``linear`` schedule, whose share moves continuously); ``final`` is the target allocation."""
+
+    index: int
+    share: float | None
+    final: bool
+
+
+def final_phase_index(strategy: str | None) -> int:
+    """Index of the phase at the target split: 0 (immediate), 1 (linear), number of steps (steps)."""
+    schedule = parse_ramping_strategy(strategy)
+    if schedule.kind == "immediate":
+        return 0
+    if schedule.kind == "linear":
+        return 1
+    return len(schedule.steps)
+
+
+def phase_of(strategy: str | None, target_split: float, index: int) -> RampPhase:
+    """The phase ``index`` of a schedule (a step whose share is capped at the target is final)."""
+    schedule = parse_ramping_strategy(strategy)
+    final = final_phase_index(strategy)
+    target = float(target_split)
+    if index >= final:
+        return RampPhase(final, target, True)
+    if schedule.kind == "linear":
+        return RampPhase(0, None, False)
+    return RampPhase(index, min(target, schedule.steps[index]), False)
+
+
+def ramp_phase(strategy: str | None, target_split: float, started_at: float | None, now: float) -> RampPhase:
+    """The allocation phase at ``now``. Steps whose share already equals the target belong to the
+    final phase, so the final phase is one stretch of constant allocation.
+
+    Why phases: with a ramp the treatment share grows over time, so pooling all data compares a
+    treatment arm weighted towards late traffic with a control arm weighted towards early traffic;
+    when the base rate moves over time that difference looks like an effect (Simpson's paradox).
+    Inside one phase both arms are sampled at the same time at a constant share.
+    """
+    schedule = parse_ramping_strategy(strategy)
+    target = float(target_split)
+    elapsed = 0.0 if started_at is None else max(0.0, float(now) - float(started_at))
+    if schedule.kind == "immediate":
+        return RampPhase(0, target, True)
+    if schedule.kind == "linear":
+        return RampPhase(1, target, True) if elapsed >= schedule.period_seconds else RampPhase(0, None, False)
+    index = int(elapsed // schedule.period_seconds)
+    if index >= len(schedule.steps) or schedule.steps[index] >= target:
+        return RampPhase(len(schedule.steps), target, True)
+    return RampPhase(index, schedule.steps[index], False)

@@ -17,6 +17,17 @@ Behaviour worth knowing (docs/ab-testing.md has the full story):
   user (``update_prediction_outcomes``: the user's oldest unlabelled prediction in the experiment).
 * The winner is decided by an always-valid sequential test (mSPRT), so analysing as often as you
   like does not inflate false positives; fixed-horizon p-values and intervals are reported beside it.
+* The unit of analysis is the **user** (the unit of randomisation): metrics are ratios of per-user
+  sums and their variance is the delta-method variance over users, so a user with many correlated
+  predictions does not count as many independent samples. ``samples_a``/``samples_b`` still count
+  labelled predictions; ``analysis`` reports the users.
+* **Ramps**: the verdict uses only the final allocation phase (the target split). Pooling phases run
+  at different shares would compare arms observed at different times (Simpson's paradox when the base
+  rate trends); inside one phase both arms run side by side at a constant share. While ramping, the
+  verdict is inconclusive. The SRM check tests every phase against that phase's share with an
+  always-valid test (Bonferroni across phases), so repeated looks do not inflate it.
+* Guardrails are always-valid non-inferiority tests (a confidence sequence that must exclude the
+  margin; passing is sticky, since the running intersection of the sequence is valid).
 """
 
 from __future__ import annotations
@@ -37,7 +48,14 @@ from typing import Any
 import numpy as np
 
 from mlops.core import ab_stats
-from mlops.core.assignment import assign_variant, parse_ramping_strategy, ramp_share
+from mlops.core.assignment import (
+    assign_variant,
+    final_phase_index,
+    parse_ramping_strategy,
+    phase_of,
+    ramp_phase,
+    ramp_share,
+)
 from mlops.core.segments import segment_matches, validate_segment_criteria
 from mlops.store.ab_store import ABStore, ExperimentExists, PredictionRecord, to_jsonable
 from mlops.store.sqlite import mlops_home
@@ -156,6 +174,7 @@ class ABTestResult:
     required_samples_per_variant: int = 0
     more_samples_needed: int = 0
     analyzed_at: str = ""
+    analysis: dict[str, Any] = field(default_factory=dict)  # unit, phases, users per arm
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(dataclasses.asdict(self))
@@ -315,6 +334,7 @@ class ABTestingManager:
         running = row["status"] == ExperimentStatus.RUNNING.value
         in_segment = segment_matches(config.segment_criteria, features)
         share = ramp_share(config.ramping_strategy, config.traffic_split, row["started_at"], now)
+        phase = ramp_phase(config.ramping_strategy, config.traffic_split, row["started_at"], now).index
         variant = assign_variant(experiment_name, user, share) if running and in_segment else "control"
         counted = running and in_segment
         version = config.model_a_version if variant == "control" else config.model_b_version
@@ -327,7 +347,8 @@ class ABTestingManager:
         prediction = to_jsonable(first)
         pid = prediction_id or self._new_id()
         self.store.record_prediction(
-            PredictionRecord(pid, experiment_name, user, variant, counted, version, prediction, latency_ms, now, share)
+            PredictionRecord(pid, experiment_name, user, variant, counted, version, prediction, latency_ms, now, share,
+                             phase)
         )
         return {
             "prediction": prediction,
@@ -352,6 +373,7 @@ class ABTestingManager:
 
     # ----------------------------------------------------------------- analysis
     def analyze_experiment(self, experiment_name: str) -> ABTestResult:
+        """Analyse the experiment per user, on the final allocation phase (see the module docstring)."""
         row = self._row(experiment_name)
         config = self._config(experiment_name, row)
         counters = self.store.counters(experiment_name)
@@ -359,99 +381,101 @@ class ABTestingManager:
         alpha = float(config.significance_level)
         mde = float(config.minimum_detectable_effect)
         now = self._clock()
-        share_now = ramp_share(config.ramping_strategy, config.traffic_split, row["started_at"], now)
-        users = a["users"] + b["users"]
-        expected_share = row["share_sum"] / users if users else share_now
+        target = float(config.traffic_split)
+        current = ramp_phase(config.ramping_strategy, target, row["started_at"], now)
+        final = final_phase_index(config.ramping_strategy)
+        phases = self.store.phase_sums(experiment_name)
         state = json.loads(row["sequential_state"] or "{}")
+        empty = ab_stats.RatioSums()
 
-        def proportion(c: Mapping[str, float], metric: str) -> tuple[int, int]:
-            if metric == "accuracy":
-                return int(c["correct"]), int(c["labelled"])
-            if metric == "precision":
-                return int(c["tp"]), int(c["tp"] + c["fp"])
-            return int(c["tp"]), int(c["tp"] + c["fn"])
+        def sums(variant: str, metric: str, phase: int = final) -> ab_stats.RatioSums:
+            return phases.get(phase, {}).get(variant, {}).get(metric, empty)
 
-        def latency(c: Mapping[str, float]) -> tuple[int, float, float]:
-            n = int(c["predictions"])
-            mean, var = ab_stats.moments_from_sums(n, c["latency_sum"], c["latency_sumsq"])
-            return n, mean, var
+        # SRM: users exposed in each phase against that phase's share, always-valid over looks.
+        phase_counts = []
+        for index in range(final + 1):
+            ph = phase_of(config.ramping_strategy, target, index)
+            phase_counts.append(ab_stats.PhaseCounts(
+                sums("control", "latency", index).units, sums("treatment", "latency", index).units, ph.share))
+        srm, srm_running = ab_stats.sequential_srm(phase_counts, prior_p_values=state.get("srm"))
 
-        def latency_tau(mean_a: float) -> float:
+        def latency_tau(mean_a: float | None) -> float:
             margin = (config.guardrail_metrics or {}).get("latency")
             if margin:
                 return float(margin)
-            return max(0.1 * mean_a, 1e-3) if math.isfinite(mean_a) else 1.0
+            return max(0.1 * mean_a, 1e-3) if mean_a is not None and math.isfinite(mean_a) else 1.0
 
+        new_state: dict[str, Any] = {"srm": srm_running}
         guardrails = []
         for metric, margin in (config.guardrail_metrics or {}).items():
-            if metric == "latency":
-                na, ma, va = latency(a)
-                nb, mb, vb = latency(b)
-                ok = na >= 2 and nb >= 2
-                se = math.sqrt(va / na + vb / nb) if ok else None
-                guardrails.append(ab_stats.non_inferiority(
-                    "latency", mb - ma if ok else None, se, float(margin), lower_is_better=True, alpha=alpha))
-            else:
-                sa, na = proportion(a, metric)
-                sb, nb = proportion(b, metric)
-                t = ab_stats.analyze_proportions(sa, na, sb, nb, alpha)
-                se = None
-                if na and nb:
-                    pa, pb = sa / na, sb / nb
-                    se = math.sqrt(pa * (1 - pa) / na + pb * (1 - pb) / nb)
-                guardrails.append(ab_stats.non_inferiority(
-                    metric, t.difference, se, float(margin), lower_is_better=False, alpha=alpha))
+            ga, gb = sums("control", metric), sums("treatment", metric)
+            proportion = metric != "latency"
+            diff = ga.ratio is not None and gb.ratio is not None and gb.ratio - ga.ratio
+            variance = ab_stats.user_level_variance(ga, gb, proportion=proportion) if diff is not False else None
+            key = f"guardrail:{metric}"
+            g = ab_stats.sequential_non_inferiority(
+                metric, None if diff is False else float(diff), variance, float(margin),
+                lower_is_better=not proportion, alpha=alpha, tau=float(margin) or None, prior_bound=state.get(key))
+            new_state[key] = g.bound
+            guardrails.append(g)
 
         primary = config.primary_metric
-        sa, na = proportion(a, primary)
-        sb, nb = proportion(b, primary)
+        pa, pb = sums("control", primary), sums("treatment", primary)
         verdict = ab_stats.decide(
-            sa, na, sb, nb, alpha=alpha, power=float(config.statistical_power), mde=mde,
-            treatment_share=float(config.traffic_split) if share_now <= 0 else share_now,
+            0, 0, 0, 0, alpha=alpha, power=float(config.statistical_power), mde=mde, treatment_share=target,
             min_samples_per_variant=int(config.min_samples_per_variant),
             practical_threshold=float(config.practical_significance_threshold),
             prior_p_value=state.get(primary), guardrails=guardrails, metric=primary,
-            srm_counts=(int(a["users"]), int(b["users"])), srm_expected_share=expected_share,
+            sums_a=pa, sums_b=pb, srm_result=srm,
         )
+        na, nb = int(round(pa.n)), int(round(pb.n))
+        recommendation = verdict.recommendation
+        if not current.final and verdict.status != "sample_ratio_mismatch":
+            share = "varying" if current.share is None else f"{current.share:g}"
+            recommendation = (
+                f"Ramping (phase {current.index + 1} of {final + 1}, treatment share {share}): the verdict uses "
+                f"only the final allocation ({target:g}), so periods with different shares are never pooled. "
+                + recommendation
+            )
         p_values = {primary: verdict.sequential.p_value}
         fixed_p = {primary: verdict.fixed_horizon.p_value}
         cis = {primary: (verdict.fixed_horizon.ci_low, verdict.fixed_horizon.ci_high)}
         seq_cis = {primary: (verdict.sequential.ci_low, verdict.sequential.ci_high)}
-        effects = {primary: {
+        effects: dict[str, dict[str, float | None]] = {primary: {
             "difference": verdict.fixed_horizon.difference,
             "relative_lift": verdict.fixed_horizon.relative_lift,
             "cohens_h": verdict.fixed_horizon.cohens_h,
+            "design_effect": ab_stats.design_effect(pa, pb),
         }}
         significance = {primary: verdict.statistically_significant}
         practical = {primary: verdict.practically_significant}
-        new_state = {primary: verdict.sequential.p_value}
+        new_state[primary] = verdict.sequential.p_value
 
         secondary_raw: dict[str, float] = {}
         for metric in config.secondary_metrics or []:
             if metric == primary:
                 continue
-            if metric == "latency":
-                n_a, m_a, v_a = latency(a)
-                n_b, m_b, v_b = latency(b)
-                fixed = ab_stats.welch_from_moments(n_a, m_a, v_a, n_b, m_b, v_b, alpha)
-                seq = ab_stats.sequential_means(n_a, m_a, v_a, n_b, m_b, v_b, latency_tau(m_a), alpha,
-                                                state.get(metric))
-                effects[metric] = {"difference": fixed.difference, "relative_lift": fixed.relative_lift}
-                threshold = (config.guardrail_metrics or {}).get("latency", 0.0)
+            sa_, sb_ = sums("control", metric), sums("treatment", metric)
+            proportion = metric != "latency"
+            tau = mde if proportion else latency_tau(sa_.ratio)
+            seq = ab_stats.sequential_ratio(sa_, sb_, alpha, tau, state.get(metric), proportion=proportion)
+            diff = seq.estimate
+            v = ab_stats.user_level_variance(sa_, sb_, proportion=proportion)
+            if diff is not None and v is not None:
+                half = float(ab_stats.stats.norm.ppf(1 - alpha / 2)) * math.sqrt(v)
+                cis[metric] = (diff - half, diff + half)
+                fixed_p[metric] = float(2 * ab_stats.stats.norm.sf(abs(diff) / math.sqrt(v)))
             else:
-                s_a, n_a = proportion(a, metric)
-                s_b, n_b = proportion(b, metric)
-                fixed = ab_stats.analyze_proportions(s_a, n_a, s_b, n_b, alpha)
-                seq = ab_stats.sequential_proportions(s_a, n_a, s_b, n_b, alpha, mde, state.get(metric))
-                effects[metric] = {"difference": fixed.difference, "relative_lift": fixed.relative_lift,
-                                   "cohens_h": fixed.cohens_h}
-                threshold = float(config.practical_significance_threshold)
+                cis[metric] = (None, None)
+                fixed_p[metric] = 1.0
+            lift = diff / sa_.ratio if diff is not None and sa_.ratio else None
+            effects[metric] = {"difference": diff, "relative_lift": lift}
+            threshold = (config.guardrail_metrics or {}).get("latency", 0.0) if not proportion else float(
+                config.practical_significance_threshold)
             secondary_raw[metric] = seq.p_value
             new_state[metric] = seq.p_value
-            fixed_p[metric] = fixed.p_value
-            cis[metric] = (fixed.ci_low, fixed.ci_high)
             seq_cis[metric] = (seq.ci_low, seq.ci_high)
-            practical[metric] = fixed.difference is not None and abs(fixed.difference) >= threshold
+            practical[metric] = diff is not None and abs(diff) >= threshold
         for metric, p in ab_stats.holm_adjust(secondary_raw).items():
             p_values[metric] = p
             significance[metric] = p <= alpha
@@ -459,10 +483,10 @@ class ABTestingManager:
         self.store.save_sequential_state(experiment_name, new_state)
 
         def arm_metrics(c: Mapping[str, float]) -> dict[str, Any]:
-            n_lat, mean_lat, _ = latency(c)
+            n_lat = int(c["predictions"])
             out: dict[str, Any] = {
                 "accuracy": c["correct"] / c["labelled"] if c["labelled"] else None,
-                "avg_latency": mean_lat if n_lat else None,
+                "avg_latency": c["latency_sum"] / n_lat if n_lat else None,
                 "sample_count": int(c["labelled"]),
                 "prediction_count": int(c["predictions"]),
                 "users": int(c["users"]),
@@ -472,6 +496,19 @@ class ABTestingManager:
             out["recall"] = tp / (tp + fn) if tp + fn else None
             return out
 
+        analysis = {
+            "unit": "user",
+            "variance": "delta method over users (Deng, Knoblich & Lu 2018)",
+            "phase": final,
+            "current_phase": current.index,
+            "final_phase_reached": current.final,
+            "phases": [
+                {"phase": i, "share": pc.expected_share_b, "users_control": pc.n_a, "users_treatment": pc.n_b}
+                for i, pc in enumerate(phase_counts)
+            ],
+            "users_control": pa.units,
+            "users_treatment": pb.units,
+        }
         return ABTestResult(
             experiment_name=experiment_name,
             model_a_version=config.model_a_version,
@@ -485,7 +522,7 @@ class ABTestingManager:
             practical_significance=practical,
             confidence_intervals=cis,
             winner=verdict.winner,
-            recommendation=verdict.recommendation,
+            recommendation=recommendation,
             status=verdict.status,
             fixed_horizon_p_values=fixed_p,
             sequential_confidence_intervals=seq_cis,
@@ -495,6 +532,7 @@ class ABTestingManager:
             required_samples_per_variant=verdict.samples_needed_per_variant,
             more_samples_needed=verdict.more_samples_needed,
             analyzed_at=_iso(now) or "",
+            analysis=analysis,
         )
 
     # ----------------------------------------------------------------- status

@@ -7,6 +7,14 @@ a server, and its analysis must be O(1): every prediction and outcome updates pe
 squares, distinct users) in the same transaction that stores the row, so ``analyze`` never counts
 raw rows (which costs 5 to 95 ms at a million rows).
 
+User-level sums: the analysis unit is the user (the unit of randomisation), so every counted
+prediction and outcome also updates, per (allocation phase, user, metric), the user's ``(n, s)`` and,
+per (phase, arm, metric), the additive :class:`~mlops.core.ab_stats.RatioSums` (units, sum n, sum s,
+sum n^2, sum s^2, sum n*s) in the same transaction. Metrics: ``accuracy`` (n labelled, s correct),
+``precision`` (n predicted positive, s true positives), ``recall`` (n actual positive, s true
+positives), ``latency`` (n predictions, s summed latency in ms; its units are the users exposed in
+the phase, which the SRM check counts).
+
 Outcomes join to a prediction by its id, or by user id: the **oldest unlabelled** prediction of that
 user in that experiment (insertion order). Only predictions counted in an arm (inside the segment,
 experiment running) move the counters; the others are stored so their ids stay valid.
@@ -22,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from mlops.core.ab_stats import RatioSums
 from mlops.store.sqlite import Database
 
 SCHEMA = """
@@ -51,7 +60,8 @@ CREATE TABLE IF NOT EXISTS ab_predictions (
     created_at REAL NOT NULL,
     labelled INTEGER NOT NULL DEFAULT 0,
     true_label TEXT,
-    labelled_at REAL
+    labelled_at REAL,
+    phase INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ab_predictions_unlabelled
     ON ab_predictions(experiment, user_id, seq) WHERE labelled = 0;
@@ -78,7 +88,32 @@ CREATE TABLE IF NOT EXISTS ab_counters (
     tn INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (experiment, variant)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ab_unit_sums (
+    experiment TEXT NOT NULL,
+    phase INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    n REAL NOT NULL DEFAULT 0,
+    s REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (experiment, phase, user_id, metric)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ab_arm_sums (
+    experiment TEXT NOT NULL,
+    phase INTEGER NOT NULL,
+    variant TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    units INTEGER NOT NULL DEFAULT 0,
+    n REAL NOT NULL DEFAULT 0,
+    s REAL NOT NULL DEFAULT 0,
+    nn REAL NOT NULL DEFAULT 0,
+    ss REAL NOT NULL DEFAULT 0,
+    ns REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (experiment, phase, variant, metric)
+) WITHOUT ROWID;
 """
+
+USER_METRICS = ("accuracy", "precision", "recall", "latency")
 
 VARIANTS = ("control", "treatment")
 COUNTER_FIELDS = ("users", "predictions", "latency_sum", "latency_sumsq", "labelled", "correct", "tp", "fp", "fn", "tn")
@@ -130,6 +165,7 @@ class PredictionRecord:
     latency_ms: float
     created_at: float
     share: float
+    phase: int = 0
 
 
 class ExperimentExists(ValueError):
@@ -141,6 +177,62 @@ class ABStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.db = Database(path, SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Stores written before user-level sums: add the phase column and replay the counted rows
+        into the user sums (phase 0), so old experiments are analysed per user too."""
+        with self.db.transaction() as conn:
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(ab_predictions)").fetchall()}
+            if "phase" in columns:
+                return
+            conn.execute("ALTER TABLE ab_predictions ADD COLUMN phase INTEGER NOT NULL DEFAULT 0")
+            rows = conn.execute(
+                "SELECT experiment, user_id, variant, prediction, latency_ms, labelled, true_label FROM ab_predictions"
+                " WHERE counted = 1 ORDER BY seq"
+            ).fetchall()
+            for row in rows:
+                self._add_unit(conn, row["experiment"], 0, row["user_id"], row["variant"], "latency", 1.0,
+                               float(row["latency_ms"]))
+                if row["labelled"]:
+                    pred = json.loads(row["prediction"]) if row["prediction"] else None
+                    label = json.loads(row["true_label"]) if row["true_label"] else None
+                    self._add_outcome(conn, row["experiment"], 0, row["user_id"], row["variant"],
+                                      score_outcome(pred, label))
+
+    @staticmethod
+    def _add_unit(conn: sqlite3.Connection, experiment: str, phase: int, user: str, variant: str, metric: str,
+                  dn: float, ds: float) -> None:
+        """Add ``(dn, ds)`` to one user's sums and update the arm's RatioSums incrementally."""
+        row = conn.execute(
+            "SELECT n, s FROM ab_unit_sums WHERE experiment = ? AND phase = ? AND user_id = ? AND metric = ?",
+            (experiment, phase, user, metric),
+        ).fetchone()
+        old_n, old_s = (float(row[0]), float(row[1])) if row else (0.0, 0.0)
+        new_n, new_s = old_n + dn, old_s + ds
+        conn.execute(
+            "INSERT OR REPLACE INTO ab_unit_sums(experiment, phase, user_id, metric, variant, n, s)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (experiment, phase, user, metric, variant, new_n, new_s),
+        )
+        conn.execute(
+            "INSERT OR IGNORE INTO ab_arm_sums(experiment, phase, variant, metric) VALUES (?, ?, ?, ?)",
+            (experiment, phase, variant, metric),
+        )
+        conn.execute(
+            "UPDATE ab_arm_sums SET units = units + ?, n = n + ?, s = s + ?, nn = nn + ?, ss = ss + ?, ns = ns + ?"
+            " WHERE experiment = ? AND phase = ? AND variant = ? AND metric = ?",
+            (1 if old_n <= 0 < new_n else 0, dn, ds, new_n * new_n - old_n * old_n, new_s * new_s - old_s * old_s,
+             new_n * new_s - old_n * old_s, experiment, phase, variant, metric),
+        )
+
+    def _add_outcome(self, conn: sqlite3.Connection, experiment: str, phase: int, user: str, variant: str,
+                     inc: dict[str, int]) -> None:
+        self._add_unit(conn, experiment, phase, user, variant, "accuracy", 1.0, float(inc["correct"]))
+        if inc["tp"] or inc["fp"]:
+            self._add_unit(conn, experiment, phase, user, variant, "precision", 1.0, float(inc["tp"]))
+        if inc["tp"] or inc["fn"]:
+            self._add_unit(conn, experiment, phase, user, variant, "recall", 1.0, float(inc["tp"]))
 
     # -- experiments
     def create_experiment(self, name: str, config: dict[str, Any], created_at: float) -> None:
@@ -187,12 +279,14 @@ class ABStore:
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO ab_predictions(id, experiment, user_id, variant, counted, model_version, prediction,"
-                " latency_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " latency_ms, created_at, phase) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (rec.id, rec.experiment, rec.user_id, rec.variant, int(rec.counted), rec.model_version,
-                 json.dumps(to_jsonable(rec.prediction)), rec.latency_ms, rec.created_at),
+                 json.dumps(to_jsonable(rec.prediction)), rec.latency_ms, rec.created_at, int(rec.phase)),
             )
             if not rec.counted:
                 return
+            self._add_unit(conn, rec.experiment, int(rec.phase), rec.user_id, rec.variant, "latency", 1.0,
+                           float(rec.latency_ms))
             new_user = conn.execute(
                 "INSERT OR IGNORE INTO ab_exposures(experiment, user_id, variant, share, first_seen)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -223,12 +317,13 @@ class ABStore:
             (inc["labelled"], inc["correct"], inc["tp"], inc["fp"], inc["fn"], inc["tn"],
              row["experiment"], row["variant"]),
         )
+        self._add_outcome(conn, row["experiment"], int(row["phase"]), row["user_id"], row["variant"], inc)
 
     def record_outcome(self, experiment: str, prediction_id: str, true_label: Any, now: float) -> bool:
         """Label one prediction by id; False when unknown, of another experiment, or already labelled."""
         with self.db.transaction() as conn:
             rows = conn.execute(
-                "SELECT seq, experiment, variant, counted, prediction FROM ab_predictions"
+                "SELECT seq, experiment, user_id, variant, counted, prediction, phase FROM ab_predictions"
                 " WHERE id = ? AND experiment = ? AND labelled = 0",
                 (prediction_id, experiment),
             ).fetchall()
@@ -243,7 +338,7 @@ class ABStore:
         with self.db.transaction() as conn:
             for user_id, true_label in outcomes:
                 rows = conn.execute(
-                    "SELECT seq, experiment, variant, counted, prediction FROM ab_predictions"
+                    "SELECT seq, experiment, user_id, variant, counted, prediction, phase FROM ab_predictions"
                     " WHERE experiment = ? AND user_id = ? AND labelled = 0 ORDER BY seq LIMIT 1",
                     (experiment, str(user_id)),
                 ).fetchall()
@@ -256,6 +351,16 @@ class ABStore:
         rows = self.db.query("SELECT * FROM ab_counters WHERE experiment = ?", (experiment,))
         found = {r["variant"]: {f: r[f] for f in COUNTER_FIELDS} for r in rows}
         return {v: found.get(v, dict.fromkeys(COUNTER_FIELDS, 0)) for v in VARIANTS}
+
+    def phase_sums(self, experiment: str) -> dict[int, dict[str, dict[str, RatioSums]]]:
+        """``{phase: {variant: {metric: RatioSums}}}`` (users as units) for every phase with data."""
+        rows = self.db.query("SELECT * FROM ab_arm_sums WHERE experiment = ?", (experiment,))
+        out: dict[int, dict[str, dict[str, RatioSums]]] = {}
+        for r in rows:
+            arms = out.setdefault(int(r["phase"]), {v: {} for v in VARIANTS})
+            arms.setdefault(r["variant"], {})[r["metric"]] = RatioSums(
+                int(r["units"]), float(r["n"]), float(r["s"]), float(r["nn"]), float(r["ss"]), float(r["ns"]))
+        return out
 
     def get_prediction(self, prediction_id: str) -> dict[str, Any] | None:
         rows = self.db.query("SELECT * FROM ab_predictions WHERE id = ?", (prediction_id,))
