@@ -44,7 +44,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlops.core.ab_stats import msprt, msprt_half_width, sequential_sample_size, srm_check
+from mlops.core.ab_stats import (
+    PhaseCounts,
+    RatioSums,
+    design_effect,
+    msprt,
+    msprt_half_width,
+    sequential_ratio,
+    sequential_sample_size,
+    sequential_srm,
+)
 from mlops.core.arm_counts import ArmCounts, ArmKey, UserSums
 from mlops.core.counters import histogram_quantile
 
@@ -114,20 +123,20 @@ def phase_shares(spec: Mapping[str, Any]) -> dict[int, float]:
 # --------------------------------------------------------------------------------------------------
 
 
+def ratio_sums(sums: UserSums) -> RatioSums:
+    """The sidecar's per-user sums as ``mlops.core.ab_stats.RatioSums`` (users are the units)."""
+    return RatioSums(int(round(sums.users)), sums.n, sums.s, sums.nn, sums.ss, sums.ns)
+
+
 def delta_ratio(sums: UserSums) -> tuple[float, float] | None:
-    """(ratio S/N, its variance) from per-user sums by the delta method, floored at the binomial
-    variance of the shrunk rate; None with fewer than 2 users or no outcomes."""
-    k, n, s = sums.users, sums.n, sums.s
-    if k < 2 or n <= 0:
+    """(ratio S/N, its delta-method variance over users, floored at the binomial variance of the
+    shrunk rate); None with fewer than 2 users or no outcomes."""
+    rs = ratio_sums(sums)
+    v = rs.ratio_variance()
+    if v is None or rs.n <= 0:
         return None
-    r = s / n
-    mn, ms = n / k, s / k
-    var_n = max(0.0, (sums.nn - k * mn * mn) / (k - 1))
-    var_s = max(0.0, (sums.ss - k * ms * ms) / (k - 1))
-    cov = (sums.ns - k * mn * ms) / (k - 1)
-    delta = max(0.0, (var_s - 2 * r * cov + r * r * var_n) / (k * mn * mn))
-    shrunk = (s + 1) / (n + 2)
-    return r, max(delta, shrunk * (1 - shrunk) / n)
+    shrunk = (rs.s + 1) / (rs.n + 2)
+    return rs.s / rs.n, max(v, shrunk * (1 - shrunk) / rs.n)
 
 
 def _latency_moments(arm: ArmCounts) -> tuple[float, float, float] | None:
@@ -184,6 +193,17 @@ class Analysis:
     required_per_arm: int | None
     samples: dict[str, int]
     guardrails: list[GuardrailResult] = field(default_factory=list)
+    final_phase_reached: bool = True
+    srm_running: list[float] = field(default_factory=list)
+    final_samples: dict[str, ArmCounts] = field(default_factory=dict)
+
+    @property
+    def final_min_samples(self) -> int:
+        """Samples of the smaller arm in the final allocation phase (what the verdict is based on)."""
+        if not self.final_samples:
+            return 0
+        attr = "labelled" if self.metric == "accuracy" else "predictions"
+        return int(min(getattr(c, attr) for c in self.final_samples.values()))
 
     @property
     def improvement(self) -> float | None:
@@ -253,69 +273,95 @@ def _summary(arm: ArmCounts) -> ArmSummary:
     )
 
 
+def final_phase(spec: Mapping[str, Any]) -> int:
+    """The ramp phase at the target allocation: 0 for immediate, the number of steps for steps."""
+    return max(phase_shares(spec))
+
+
 def analyse(
     spec: Mapping[str, Any], counts: Mapping[ArmKey, ArmCounts], *, prior_p_value: float | None = None,
+    prior_srm: Sequence[float | None] | None = None, prior_guardrails: Sequence[Mapping[str, Any]] | None = None,
 ) -> Analysis:
-    """Everything the status reports about the data, from merged per-arm counts of one experiment."""
+    """Everything the status reports about the data, from merged per-arm counts of one experiment.
+
+    The verdict uses only the final allocation phase (as ``mlops.monitoring.ab_testing`` does, see
+    docs/statistics.md): while ramping it is inconclusive. SRM is always-valid per phase
+    (``sequential_srm``); guardrails combine every phase that ran both arms (stratified), so harm is
+    caught while the share is still small. ``prior_*`` carry the running p-values and bounds of the
+    previous look (from status), so the always-valid quantities never move back.
+    """
     metric = spec.get("primaryMetric", "accuracy")
     alpha = float(spec.get("significanceLevel", 0.05))
     mde = float(spec.get("minimumDetectableEffect", 0.02))
     shares = phase_shares(spec)
+    final = final_phase(spec)
     phases: dict[int, dict[str, ArmCounts]] = {}
     per_arm: dict[str, dict[int, ArmCounts]] = {"control": {}, "treatment": {}}
     for (_exp, phase, arm), c in counts.items():
         phases.setdefault(phase, {})[arm] = c
         per_arm[arm][phase] = c
     arms = {arm: _summaries(per_arm[arm]) for arm in ("control", "treatment")}
+    last = phases.get(final, {})
+    empty = ArmCounts()
+    fc, ft = last.get("control", empty), last.get("treatment", empty)
 
-    combined = _stratified(metric, phases, shares)
-    if combined is None:
-        seq = msprt(math.nan, 0.0, mde, alpha, prior_p_value)
-        estimate = variance = None
+    estimate = variance = None
+    if metric in ("accuracy", "errorRate"):
+        a_sums, b_sums = ratio_sums(fc.sums[metric]), ratio_sums(ft.sums[metric])
+        seq = sequential_ratio(a_sums, b_sums, alpha, mde, prior_p_value)
+        deff = design_effect(a_sums, b_sums)
     else:
-        estimate, variance = combined
-        seq = msprt(estimate, variance, mde, alpha, prior_p_value)
+        diff = _metric_diff(metric, fc, ft)
+        seq = msprt(math.nan if diff is None else diff[0], 0.0 if diff is None else diff[1], mde, alpha,
+                    prior_p_value)
+        deff = 1.0
+    if seq.estimate is not None:
+        estimate, variance = seq.estimate, seq.variance
 
-    # SRM per phase on distinct users, Bonferroni over the phases tested
-    p_values = []
-    for phase, arm_counts in phases.items():
+    # SRM per phase on distinct users (HyperLogLog estimates), always-valid over looks
+    phase_counts = []
+    for phase in range(final + 1):
+        arm_counts = phases.get(phase, {})
         n_c = int(round(arm_counts["control"].user_sketch.estimate())) if "control" in arm_counts else 0
         n_t = int(round(arm_counts["treatment"].user_sketch.estimate())) if "treatment" in arm_counts else 0
-        if n_c + n_t == 0 or phase not in shares:
-            continue
-        p_values.append(srm_check(n_c, n_t, shares[phase], SRM_ALPHA).p_value)
-    srm_p = min(1.0, min(p_values) * len(p_values)) if p_values else 1.0
+        phase_counts.append(PhaseCounts(n_c, n_t, shares.get(phase)))
+    srm, srm_running = sequential_srm(phase_counts, SRM_ALPHA, prior_srm)
     total_users = arms["control"].users + arms["treatment"].users
-    observed_share = arms["treatment"].users / total_users if total_users else None
 
     def sample_count(a: ArmSummary) -> int:
         return a.labelled if metric == "accuracy" else a.predictions
 
     samples = {arm: sample_count(arms[arm]) for arm in arms}
     required = None
-    final_share = shares[max(shares)] if shares else 0.5
+    final_share = shares[final]
     baseline = arms["control"].accuracy if metric == "accuracy" else arms["control"].error_rate
     if metric != "latency" and 0.0 < final_share < 1.0:
         base = min(max(baseline if baseline is not None and 0 < baseline < 1 else 0.5, 0.01), 0.99)
         effect = mde if base + mde < 1.0 else -mde
         try:
             plan = sequential_sample_size(base, effect, alpha, float(spec.get("statisticalPower", 0.8)), final_share)
-            required = max(plan.n_control, plan.n_treatment, int(spec.get("minSamplesPerVariant", 1)))
+            # users are the unit: inflate by the observed design effect (correlated outcomes per user)
+            required = max(math.ceil(max(plan.n_control, plan.n_treatment) * deff),
+                           int(spec.get("minSamplesPerVariant", 1)))
         except ValueError:
             required = None
 
-    guardrails = []
-    for g in spec.get("guardrails") or []:
-        guardrails.append(_guardrail(g, phases, shares, alpha))
+    priors = {g.get("metric"): g for g in prior_guardrails or []}
+    guardrails = [_guardrail(g, phases, shares, alpha, priors.get(g["metric"])) for g in spec.get("guardrails") or []]
     return Analysis(
         arms=arms, metric=metric, estimate=estimate, variance=variance, p_value=float(seq.p_value),
-        ci_low=seq.ci_low, ci_high=seq.ci_high, significant=bool(seq.significant), srm_p_value=srm_p,
-        srm=srm_p < SRM_ALPHA, srm_shares={"expected": final_share, "observed": observed_share},
-        required_per_arm=required, samples=samples, guardrails=guardrails,
+        ci_low=seq.ci_low, ci_high=seq.ci_high, significant=bool(seq.significant), srm_p_value=float(srm.p_value),
+        srm=bool(srm.mismatch), srm_shares={"expected": srm.expected_share_b, "observed": srm.observed_share_b,
+                                            "users_observed": (arms["treatment"].users / total_users)
+                                            if total_users else None},
+        required_per_arm=required, samples=samples, guardrails=guardrails, final_phase_reached=bool(last),
+        srm_running=srm_running, final_samples={"control": fc, "treatment": ft},
     )
 
 
-def _guardrail(g: Mapping[str, Any], phases, shares, alpha: float) -> GuardrailResult:
+def _guardrail(g: Mapping[str, Any], phases, shares, alpha: float, prior: Mapping[str, Any] | None) -> GuardrailResult:
+    """Always-valid one-sided test of the treatment's worsening against ``maxDegradation``: the
+    confidence sequence's lower end is carried up and its upper end down across looks (``prior``)."""
     metric, margin = g["metric"], float(g["maxDegradation"])
     combined = _stratified(metric, phases, shares)
     enough = all(
@@ -323,13 +369,20 @@ def _guardrail(g: Mapping[str, Any], phases, shares, alpha: float) -> GuardrailR
             for name, a in p.items() if name == arm) >= 20
         for arm in ("control", "treatment")
     )
+    prior = prior or {}
     if combined is None or not enough:
-        return GuardrailResult(metric, margin, None, None, None, "pending")
+        lower, upper = prior.get("lower"), prior.get("upper")
+        result = prior.get("result") if prior.get("result") in ("breached", "passed") else "pending"
+        return GuardrailResult(metric, margin, prior.get("degradation"), lower, upper, result)
     diff, var = combined
     degradation = -diff if not LOWER_IS_BETTER[metric] else diff
     tau = max(margin, 0.01)
     half = float(msprt_half_width(max(var, 1e-15), tau * tau, alpha))
     lower, upper = degradation - half, degradation + half
+    if prior.get("lower") is not None:
+        lower = max(lower, float(prior["lower"]))
+    if prior.get("upper") is not None:
+        upper = min(upper, float(prior["upper"]))
     result = "breached" if lower > margin else ("passed" if upper < margin else "pending")
     return GuardrailResult(metric, margin, degradation, lower, upper, result)
 
@@ -430,7 +483,8 @@ def recommendation(spec: Mapping[str, Any], phase: str, a: Analysis | None, *, r
         return f"Roll back {treatment}: {text} (autoRollback is off, so it keeps running)."
     if a.srm:
         return (f"Do not trust these results yet: {_pct(a.srm_shares['observed'])} of users are in the treatment "
-                f"where {_pct(a.srm_shares['expected'])} were expected (sample-ratio mismatch, p={a.srm_p_value:.2g}); "
+                f"where {_pct(a.srm_shares['expected'])} were expected (sample-ratio mismatch, always-valid "
+                f"p={a.srm_p_value:.2g}); "
                 "fix assignment or logging before deciding.")
     if phase == CONCLUDED:
         if (a.improvement or 0) > 0:
@@ -446,12 +500,16 @@ def recommendation(spec: Mapping[str, Any], phase: str, a: Analysis | None, *, r
     have = min(a.samples.values()) if a.samples else 0
     progress = f"{have:,} of {need:,} samples per arm ({min(100, 100 * have // max(need, 1))}%)" if need else f"{have:,} samples per arm"
     paused = "Paused (all traffic on control): " if phase == PAUSED else "Keep running: "
+    if not a.final_phase_reached:
+        return (f"{paused}ramping; the verdict uses only the final allocation "
+                f"({phase_shares(spec)[final_phase(spec)]:g} to {treatment}), so periods "
+                f"with different shares are never pooled ({values}).")
     if a.significant and (a.improvement or 0) > 0:
         pending = [g.metric for g in a.guardrails if g.result != "passed"]
         if pending:
             return (f"{paused}{treatment} is better ({values}, p={a.p_value:.2g}) but the guardrail(s) "
                     f"{', '.join(pending)} are not shown safe yet.")
-        if int(spec.get("minSamplesPerVariant", 1)) > have:
+        if int(spec.get("minSamplesPerVariant", 1)) > a.final_min_samples:
             return f"{paused}{treatment} looks better ({values}) but each arm needs {spec.get('minSamplesPerVariant')} samples first."
     return f"{paused}{progress}; no significant difference on {name} yet ({values}, p={a.p_value:.2g})."
 
@@ -532,7 +590,8 @@ def evaluate(
         breached = [g for g in a.guardrails if g.result == "breached"]
         if breached and spec.get("autoRollback"):
             phase = TERMINATED
-        elif not a.srm and a.significant and min(a.samples.values()) >= int(spec.get("minSamplesPerVariant", 1)):
+        elif (not a.srm and a.significant and a.final_phase_reached
+              and a.final_min_samples >= int(spec.get("minSamplesPerVariant", 1))):
             better = (a.improvement or 0) > 0
             if not better:
                 winner, phase = "control", CONCLUDED
@@ -616,6 +675,7 @@ def _analysis_status(a: Analysis) -> dict[str, Any]:
         "confidenceInterval": {"lower": r(a.ci_low), "upper": r(a.ci_high)},
         "pValue": r(a.p_value),
         "srmPValue": r(a.srm_p_value),
+        "srmPhasePValues": [r(p) for p in a.srm_running],
         "sampleRatioMismatch": a.srm,
         "requiredSampleSize": need,
         "progress": None if not need else r(min(1.0, have / need)),

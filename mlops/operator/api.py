@@ -326,6 +326,7 @@ class ABExperimentStatus(_Model):
     primary_metric: str | None = None
     p_value: float | None = None
     srm_p_value: float | None = Field(default=None, alias="srmPValue")
+    srm_phase_p_values: list[float] | None = Field(default=None, alias="srmPhasePValues")
     progress: float | None = None
     guardrails: list[GuardrailStatus] | None = None
     promoted_version: str | None = None

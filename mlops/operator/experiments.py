@@ -199,7 +199,8 @@ class ExperimentController:
             if holder == name and old.get("startedAt"):
                 counts = self.collect(cr, mdep)
                 if counts:
-                    analysis = analyse(spec, counts, prior_p_value=old.get("pValue"))
+                    analysis = analyse(spec, counts, prior_p_value=old.get("pValue"),
+                                       prior_srm=old.get("srmPhasePValues"), prior_guardrails=old.get("guardrails"))
         situation = Situation(
             now=self.c.clock(), mdep_found=mdep is not None, mdep_versions=versions,
             mdep_generation=(mdep or {}).get("metadata", {}).get("generation"), holder=holder, analysis=analysis,

@@ -245,3 +245,31 @@ def test_conflict_and_missing_references_wait_with_a_condition():
     nov = evaluate("a", SPEC, {}, Situation(now=T0, mdep_found=True, mdep_versions=["v1"]))
     assert {c["type"]: c["reason"] for c in nov.status["conditions"]}["Running"] == "VersionNotFound"
     assert "v2" in nov.status["recommendation"]
+
+
+def test_ramp_verdict_uses_only_the_final_allocation():
+    spec = {**SPEC, "ramping": {"strategy": "steps", "steps": [{"split": 0.1, "afterHours": 0},
+                                                               {"split": 0.5, "afterHours": 24}]}}
+    strong = _table(0.70, 0.95, 900, 100)  # a huge difference, but seen in phase 1 (10%) only
+    ramping = {(e, 1, a): c for (e, _p, a), c in strong.items()}
+    a = analyse(spec, ramping)
+    assert not a.final_phase_reached and a.p_value == 1.0
+    out = evaluate("x", spec, {}, _situation(T0, a))
+    assert out.status["phase"] == RUNNING and out.status["winner"] == "none"
+    assert "only the final allocation" in out.status["recommendation"]
+    # Simpson: identical models, base rate rising over time, treatment share rising with it -> no winner
+    rng = np.random.default_rng(9)
+    rec = ArmRecorder()
+    for phase, share, base in ((1, 0.1, 0.70), (2, 0.5, 0.90)):
+        for u in range(1500):
+            arm = "treatment" if rng.random() < share else "control"
+            h = user_hash(f"{phase}-{u}")
+            rec.prediction(("x", phase, arm), h, error=False, latency_seconds=0.001)
+            rec.outcome(("x", phase, arm), h, correct=bool(rng.random() < base))
+    a = analyse(spec, rec.snapshot())
+    assert a.final_phase_reached and not a.significant and not a.srm
+    pooled_c = sum(c.correct for (e, p, arm), c in rec.table.items() if arm == "control") / sum(
+        c.labelled for (e, p, arm), c in rec.table.items() if arm == "control")
+    pooled_t = sum(c.correct for (e, p, arm), c in rec.table.items() if arm == "treatment") / sum(
+        c.labelled for (e, p, arm), c in rec.table.items() if arm == "treatment")
+    assert pooled_t - pooled_c > 0.04  # what pooling the phases would have "found"
