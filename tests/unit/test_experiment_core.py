@@ -200,7 +200,7 @@ def test_no_effect_runs_then_completes_at_duration():
 
 
 def test_srm_blocks_the_winner():
-    a = analyse(SPEC, _table(0.80, 0.92, 900, 1100, per_user=2))
+    a = analyse(SPEC, _table(0.80, 0.92, 850, 1150, per_user=2))
     assert a.srm and a.significant
     out = evaluate("x", SPEC, {}, _situation(T0, a))
     assert out.status["phase"] == RUNNING and out.status["winner"] == "none" and out.promote is None
