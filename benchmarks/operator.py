@@ -3,14 +3,20 @@
 Measures, with `mlops operator` running as a subprocess under its own ServiceAccount (manifests/rbac.yaml):
 - apply-to-Deployment-created latency: time from the ModelDeployment create request returning to the
   version Deployment's ADDED event on a watch (p50, p95 over --samples sequential creates);
-- convergence: time from the first of --count ModelDeployments being applied (concurrently, 8 clients)
-  until every one reports phase Ready with observedGeneration == generation (KWOK pods). They have
-  --versions versions each (default 2; each ModelDeployment then owns 8 objects and 3 Services, which the
-  local control plane's /20 Service range has room for).
+- for each count in --counts (default 100 and 1000): the time until that many two-version
+  ModelDeployments, applied at once into a fresh namespace (8 clients), all report phase Ready with
+  observedGeneration == generation (KWOK pods), and then the API load while they sit idle: requests
+  per minute over --idle-seconds, by verb, (a) as counted by the operator itself
+  (mlops_operator_api_requests_total: every request its reconciler sends, Events included; kopf's
+  long-lived watch streams excluded) and (b) as counted by the API server (apiserver_request_total
+  deltas, all clients) with the operator running minus the same window with it stopped, so the
+  control plane's own traffic (controller-manager, scheduler, KWOK heartbeats) cancels out.
+  A resync of every resource (--resync-interval, default 60 s) falls inside the idle window.
 
-    python benchmarks/operator.py                      # starts (and stops) a local control plane
-    python benchmarks/operator.py --cluster-dir .cluster  # reuses one started by `make cluster`
-Targets (issue 7): p50 < 1 s, 100 converged < 60 s.
+    python benchmarks/operator.py                          # starts (and stops) a local control plane
+    python benchmarks/operator.py --counts 100 --samples 10  # quicker
+    python benchmarks/operator.py --cluster-dir .cluster   # reuses one started by `make cluster`
+Targets: p50 < 1 s; idle writes flat in the count and under 60/min (issue 12).
 """
 
 from __future__ import annotations
@@ -55,26 +61,59 @@ def mdep(name: str, versions: int = 2) -> dict:
     }
 
 
+WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE", "DELETECOLLECTION",
+               "post", "patch", "apply", "delete", "create", "update"}
+
+
+def parse_counter(text: str, name: str, label: str) -> dict[str, float]:
+    """Sum of a Prometheus counter's samples grouped by one label."""
+    import re
+
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        labels, value = line.rsplit(" ", 1)
+        m = re.search(label + r'="([^"]*)"', labels)
+        key = m.group(1) if m else ""
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def per_minute(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    keys = set(before) | set(after)
+    return {k: round((after.get(k, 0) - before.get(k, 0)) * 60 / seconds, 1) for k in sorted(keys)
+            if after.get(k, 0) - before.get(k, 0) > 0}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cluster-dir", help="reuse a cluster started with `python -m mlops.testing.cluster up`")
     parser.add_argument("--samples", type=int, default=30)
-    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--counts", default="100,1000", help="comma-separated ModelDeployment counts")
     parser.add_argument("--versions", type=int, default=2, help="versions per ModelDeployment in the convergence run")
-    parser.add_argument("--nodes", type=int, default=5, help="fake KWOK nodes when starting a cluster")
+    parser.add_argument("--idle-seconds", type=float, default=90.0, help="idle window measured per count")
+    parser.add_argument("--resync-interval", type=float, default=60.0)
+    parser.add_argument("--nodes", type=int, default=0,
+                        help="fake KWOK nodes when starting a cluster (default: enough for the largest count)")
+    parser.add_argument("--converge-timeout", type=float, default=900.0)
     args = parser.parse_args()
+    counts = sorted(int(c) for c in args.counts.split(",") if c.strip())
 
+    import httpx
     from kubernetes import client, watch
 
     from mlops.operator.k8s import Kube
     from mlops.testing.cluster import LocalCluster, free_port, start_cluster
 
     own_cluster = args.cluster_dir is None
-    # KWOK nodes advertise 110 pods each: 100 ModelDeployments x 3 pods (+ the latency samples) need 4+.
-    cluster = (start_cluster(Path(tempfile.mkdtemp(prefix="mlops-bench-")), node_count=args.nodes) if own_cluster
+    # KWOK nodes advertise 110 pods each: N ModelDeployments x (versions + router) pods, plus headroom.
+    nodes = args.nodes or max(5, (max(counts) * (args.versions + 1) + args.samples * 3) // 100 + 2)
+    cluster = (start_cluster(Path(tempfile.mkdtemp(prefix="mlops-bench-")), node_count=nodes) if own_cluster
                else LocalCluster.load(Path(args.cluster_dir)))
     operator = None
     log_path = Path(tempfile.mkdtemp(prefix="mlops-bench-log-")) / "operator.log"
+    metrics_port = free_port()
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
@@ -82,20 +121,42 @@ def main() -> int:
         cluster.kubectl("apply", "-f", str(REPO / "manifests" / "rbac.yaml"))
         sa_kubeconfig = cluster.service_account_kubeconfig("mlops-system", "mlops-operator")
         suffix = uuid.uuid4().hex[:6]
-        lat_ns, conv_ns = f"bench-lat-{suffix}", f"bench-conv-{suffix}"
-        for ns in (lat_ns, conv_ns):
+        lat_ns = f"bench-lat-{suffix}"
+        conv_ns = {count: f"bench-{count}-{suffix}" for count in counts}
+        for ns in (lat_ns, *conv_ns.values()):
             cluster.create_namespace(ns)
 
-        with open(log_path, "wb") as log:
-            operator = subprocess.Popen(
-                [sys.executable, "-m", "mlops", "operator", "--kubeconfig", str(sa_kubeconfig), "-n", lat_ns,
-                 "-n", conv_ns, "--bind", "127.0.0.1", "--metrics-port", str(free_port()),
-                 "--liveness-port", str(free_port()), "--log-format", "json"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
-            )
+        def start_operator(namespaces: list[str]) -> subprocess.Popen:
+            ns_args = [a for ns in namespaces for a in ("-n", ns)]
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "mlops", "operator", "--kubeconfig", str(sa_kubeconfig), *ns_args,
+                     "--bind", "127.0.0.1", "--metrics-port", str(metrics_port), "--liveness-port", str(free_port()),
+                     "--log-format", "json", "--resync-interval", str(args.resync_interval)],
+                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
+                )
+            time.sleep(3)  # operator start-up (imports, login, cache priming)
+            return proc
+
+        def stop_operator(proc: subprocess.Popen) -> None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+        def operator_counts() -> dict[str, float]:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            return parse_counter(text, "mlops_operator_api_requests_total", "verb")
+
+        def apiserver_counts() -> dict[str, float]:
+            text = cluster.kubectl("get", "--raw", "/metrics").stdout
+            return parse_counter(text, "apiserver_request_total", "verb")
+
+        operator = start_operator([lat_ns, *conv_ns.values()])
         admin_api = cluster.api_client()
         kube = Kube(admin_api, field_manager="benchmark")
-        time.sleep(3)  # operator start-up (imports, login, first LIST)
 
         # ---- apply -> Deployment created latency ------------------------------------------------
         seen: dict[str, float] = {}
@@ -127,31 +188,67 @@ def main() -> int:
             latencies.append(seen[f"{name}-v1"] - t0)
             time.sleep(0.2)
         stop.set()
-        # Free the latency samples' objects so the convergence run starts from an idle cluster.
-        cluster.kubectl("delete", "namespace", lat_ns, "--wait=true", "--timeout=120s")
+        # Free the latency samples' objects so the convergence runs start from an idle cluster.
+        cluster.kubectl("delete", "namespace", lat_ns, "--wait=true", "--timeout=180s")
 
-        # ---- N ModelDeployments converge ---------------------------------------------------------
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda i: kube.apply({**mdep(f"m{i}", args.versions), "metadata": {"name": f"m{i}", "namespace": conv_ns}}),
-                          range(args.count)))
-        applied = time.perf_counter() - t0
-        ready = 0
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            items = kube.list_mdeps(conv_ns)
-            ready = sum(
-                1 for cr in items
-                if (cr.get("status") or {}).get("phase") == "Ready"
-                and cr["status"].get("observedGeneration") == cr["metadata"]["generation"]
-            )
-            if ready == args.count:
-                break
-            time.sleep(0.25)
-        converged = time.perf_counter() - t0
+        # ---- N ModelDeployments converge, then sit idle -------------------------------------------
+        runs = []
+        for count in counts:
+            ns = conv_ns[count]
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda i, ns=ns: kube.apply(
+                    {**mdep(f"m{i}", args.versions), "metadata": {"name": f"m{i}", "namespace": ns}}), range(count)))
+            applied = time.perf_counter() - t0
+            ready = 0
+            deadline = time.monotonic() + args.converge_timeout
+            while time.monotonic() < deadline:
+                items = kube.list_mdeps(ns)
+                ready = sum(
+                    1 for cr in items
+                    if (cr.get("status") or {}).get("phase") == "Ready"
+                    and cr["status"].get("observedGeneration") == cr["metadata"]["generation"]
+                )
+                if ready == count:
+                    break
+                time.sleep(1.0)
+            converged = time.perf_counter() - t0
+            time.sleep(15)  # let rollouts' trailing status updates settle
+            op0, api0, w0 = operator_counts(), apiserver_counts(), time.perf_counter()
+            time.sleep(args.idle_seconds)
+            op1, api1, w1 = operator_counts(), apiserver_counts(), time.perf_counter()
+            with_operator = per_minute(api0, api1, w1 - w0)
+            # the same window without the operator: the control plane's own idle traffic
+            stop_operator(operator)
+            time.sleep(5)
+            api2, w2 = apiserver_counts(), time.perf_counter()
+            time.sleep(args.idle_seconds)
+            api3, w3 = apiserver_counts(), time.perf_counter()
+            without = per_minute(api2, api3, w3 - w2)
+            operator = start_operator(list(conv_ns.values()))
+            own = per_minute(op0, op1, w1 - w0)
+            runs.append({
+                "model_deployments": count,
+                "versions_each": args.versions,
+                "objects_per_model_deployment": 4 + 2 * args.versions,
+                "apply_seconds": round(applied, 3),
+                "all_ready_seconds": round(converged, 3) if ready == count else None,
+                "ready": ready,
+                "idle_window_seconds": round(w1 - w0, 1),
+                "operator_requests_per_minute": own,
+                "operator_writes_per_minute": round(sum(v for k, v in own.items() if k in WRITE_VERBS), 1),
+                "apiserver_requests_per_minute_with_operator": with_operator,
+                "apiserver_requests_per_minute_without_operator": without,
+                "apiserver_difference_per_minute": {
+                    k: round(with_operator.get(k, 0) - without.get(k, 0), 1)
+                    for k in sorted(set(with_operator) | set(without))},
+            })
+            # free the nodes' pod slots for the next count
+            cluster.kubectl("delete", "namespace", ns, "--wait=false")
         result = {
             "benchmark": "operator",
             "cpus": os.cpu_count(),
+            "kwok_nodes": nodes,
             "apply_to_deployment_created_seconds": {
                 "samples": len(latencies),
                 "p50": round(percentile(latencies, 0.50), 4),
@@ -160,18 +257,16 @@ def main() -> int:
                 "max": round(max(latencies), 4),
                 "target_p50": 1.0,
             },
-            "converge": {
-                "model_deployments": args.count,
-                "versions_each": args.versions,
-                "objects_per_model_deployment": 4 + 2 * args.versions,
-                "apply_seconds": round(applied, 3),
-                "all_ready_seconds": round(converged, 3) if ready == args.count else None,
-                "ready": ready,
-                "target_seconds": 60.0,
-            },
+            "scale": runs,
+            "idle_writes_ratio_largest_vs_smallest": (
+                round(runs[-1]["operator_writes_per_minute"] / runs[0]["operator_writes_per_minute"], 2)
+                if len(runs) > 1 and runs[0]["operator_writes_per_minute"] else None),
+            "target_idle_writes_per_minute": 60,
         }
         print(json.dumps(result, indent=2))
-        ok = result["apply_to_deployment_created_seconds"]["p50"] < 1.0 and ready == args.count and converged < 60
+        ok = (result["apply_to_deployment_created_seconds"]["p50"] < 1.0
+              and all(r["ready"] == r["model_deployments"] for r in runs)
+              and all(r["operator_writes_per_minute"] < 60 for r in runs))
         return 0 if ok else 1
     finally:
         if operator is not None:

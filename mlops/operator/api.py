@@ -91,10 +91,25 @@ class ResourceRequirements(_Model):
     requests: dict[str, Quantity] | None = None
 
 
+class Autoscaling(_Model):
+    """A HorizontalPodAutoscaler on CPU utilisation; the operator then stops writing ``replicas``."""
+
+    min_replicas: int = Field(default=1, ge=1, le=100)
+    max_replicas: int = Field(ge=1, le=100)
+    target_cpu_utilization_percentage: int = Field(default=80, ge=1, le=100, alias="targetCPUUtilizationPercentage")
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        return self
+
+
 class ModelVersion(_Model):
     name: VersionName
     artifact: Artifact
     replicas: int = Field(default=1, ge=0, le=100)
+    autoscaling: Autoscaling | None = None
     resources: ResourceRequirements | None = None
 
 
@@ -140,6 +155,15 @@ class RoutingSpec(_Model):
     user_key_header: HeaderName = "X-User-ID"
 
 
+class ArtifactStore(_Model):
+    """Credentials (a Secret, exposed to the init container with envFrom) and endpoints for s3:// and gs://."""
+
+    secret_name: ObjectName | None = None
+    s3_endpoint: str | None = Field(default=None, max_length=2048, pattern=r"^https?://.+$")
+    region: str | None = Field(default=None, max_length=64)
+    gcs_endpoint: str | None = Field(default=None, max_length=2048, pattern=r"^https?://.+$")
+
+
 class ModelDeploymentSpec(_Model):
     model_name: ModelName
     stable_version: str = Field(min_length=1, max_length=22)
@@ -148,6 +172,7 @@ class ModelDeploymentSpec(_Model):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     feature_schema: list[FeatureSpec] | None = Field(default=None, max_length=1000)
     baseline_profile_ref: BaselineProfileRef | None = None
+    artifact_store: ArtifactStore | None = None
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +70,11 @@ class Collector:
         prometheus_url: str | None = None,
         prometheus_pod_label: str = "pod",
         timeout: float = 5.0,
+        pod_source: Callable[[str, str], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.kube = kube
+        # (namespace, model-deployment label value) -> its pods; the operator passes its watch-fed cache
+        self.pod_source = pod_source
         self.endpoints_file = Path(endpoints_file) if endpoints_file else None
         self.prometheus_url = prometheus_url.rstrip("/") if prometheus_url else None
         self.prometheus_pod_label = prometheus_pod_label
@@ -93,8 +96,14 @@ class Collector:
     def pod_endpoints(self, cr: Mapping[str, Any]) -> list[str]:
         meta = cr["metadata"]
         selector = f"{n.LABEL_DEPLOYMENT}={n.label_value(meta['name'])},app.kubernetes.io/component={n.COMPONENT_MODEL}"
+        if self.pod_source is not None:
+            pods = [p for p in self.pod_source(meta["namespace"], n.label_value(meta["name"]))
+                    if ((p.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component")
+                    == n.COMPONENT_MODEL]
+        else:
+            pods = self.kube.list("Pod", meta["namespace"], selector)
         urls = []
-        for pod in self.kube.list("Pod", meta["namespace"], selector):
+        for pod in pods:
             status = pod.get("status") or {}
             ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
             if ready and status.get("podIP"):

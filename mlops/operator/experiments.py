@@ -50,16 +50,26 @@ def _spec(cr: Mapping[str, Any]) -> dict[str, Any]:
     return ABExperimentSpec.model_validate(cr.get("spec") or {}).model_dump(by_alias=True, mode="json")
 
 
-def routing_for(kube: Any, mdep: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    """(routing-table experiment entry, promoted version) for a ModelDeployment, from the status of
-    the ABExperiments that reference it. The ModelDeployment reconcile calls this."""
-    meta = mdep["metadata"]
+def _rv(obj: Mapping[str, Any]) -> int:
     try:
-        experiments = kube.list(n.ABX_KIND, meta["namespace"])
-    except KubeError as exc:
-        if exc.status in (403, 404):  # CRD or permission missing: serve without experiments
-            return None, None
-        raise
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def routing_for(kube: Any, mdep: Mapping[str, Any], experiments: list[dict[str, Any]] | None = None,
+                ) -> tuple[dict[str, Any] | None, str | None]:
+    """(routing-table experiment entry, promoted version) for a ModelDeployment, from the status of
+    the ABExperiments that reference it (``experiments``: the namespace's, from the watch-fed cache;
+    listed when not given). The ModelDeployment reconcile calls this."""
+    meta = mdep["metadata"]
+    if experiments is None:
+        try:
+            experiments = kube.list(n.ABX_KIND, meta["namespace"])
+        except KubeError as exc:
+            if exc.status in (403, 404):  # CRD or permission missing: serve without experiments
+                return None, None
+            raise
     mine = [e for e in experiments if (e.get("spec") or {}).get("modelDeployment") == meta["name"]
             and not e["metadata"].get("deletionTimestamp")]
     route = None
@@ -104,6 +114,30 @@ class ExperimentController:
         self.accumulators: dict[Key, Accumulator] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._next: dict[Key, float] = {}
+        self._synced: set[str] = set()
+        self.route_changes: set[Key] = set()  # ModelDeployments whose routing table must be rebuilt  # namespaces listed once; the watch keeps ``known`` current
+
+    def store(self, obj: Mapping[str, Any]) -> None:
+        """Keep the newest copy of an ABExperiment (watch events can arrive after our own write)."""
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        old = self.known.get(key)
+        if old is not None and _rv(old) > _rv(obj) and (old.get("metadata") or {}).get("uid") == meta.get("uid"):
+            return
+        self.known[key] = {**dict(obj), "kind": n.ABX_KIND, "apiVersion": n.API_VERSION}
+
+    def experiments_in(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's ABExperiments from the watch-fed cache (one LIST the first time)."""
+        if namespace not in self._synced:
+            try:
+                for item in self.kube.list(n.ABX_KIND, namespace):
+                    self.store(item)
+            except KubeError as exc:
+                if exc.status in (403, 404):
+                    return []
+                raise
+            self._synced.add(namespace)
+        return [v for (ns, _), v in list(self.known.items()) if ns == namespace]
 
     # ---- per-arm counts -----------------------------------------------------------------------
     def _sources(self, mdep: Mapping[str, Any]) -> list[str]:
@@ -179,7 +213,7 @@ class ExperimentController:
         if cr is None or cr["metadata"].get("deletionTimestamp"):
             return None
         cr.setdefault("kind", n.ABX_KIND)
-        self.known[(namespace, name)] = cr
+        self.store(cr)
         old = cr.get("status") or {}
         try:
             spec = _spec(cr)
@@ -195,7 +229,7 @@ class ExperimentController:
         analysis = None
         if mdep is not None:
             versions = [v.get("name") for v in (mdep.get("spec") or {}).get("versions") or []]
-            holder = holder_of(self.kube.list(n.ABX_KIND, namespace), spec["modelDeployment"])
+            holder = holder_of(self.experiments_in(namespace), spec["modelDeployment"])
             if holder == name and old.get("startedAt"):
                 counts = self.collect(cr, mdep)
                 if counts:
@@ -215,8 +249,8 @@ class ExperimentController:
         route_changed = (old.get("routing") != status["routing"] or old.get("phase") != status.get("phase")
                          or old.get("promotion") != status.get("promotion"))
         if mdep is not None and changed and route_changed:
-            # the router follows status: rebuild the ModelDeployment's routing table now
-            self.c.reconcile_sync(namespace, spec["modelDeployment"])
+            # the router follows status: the caller schedules the ModelDeployment's reconcile now
+            self.route_changes.add((namespace, spec["modelDeployment"]))
         return status.get("phase")
 
     def _write(self, cr: Mapping[str, Any], status: dict[str, Any], events: list[tuple[str, str, str]]) -> bool:
@@ -226,7 +260,9 @@ class ExperimentController:
             return False
         patch = {k: status.get(k) for k in keys}  # None deletes (merge patch)
         meta = cr["metadata"]
-        self.kube.patch_status(meta["namespace"], meta["name"], patch, uid=meta.get("uid"), kind=n.ABX_KIND)
+        updated = self.kube.patch_status(meta["namespace"], meta["name"], patch, uid=meta.get("uid"), kind=n.ABX_KIND)
+        if isinstance(updated, dict) and updated.get("metadata"):
+            self.store(updated)  # the ModelDeployment's reconcile reads this copy
         for etype, reason, message in events:
             self.c._event(cr, etype, reason, message)
         return True
@@ -238,12 +274,19 @@ class ExperimentController:
         return self._locks[key]
 
     async def evaluate(self, key: Key) -> None:
+        if not self.c.active:  # a standby (leader election) does nothing
+            return
         async with self.lock(key):
             try:
                 await asyncio.to_thread(self.evaluate_sync, *key)
             except KubeError as exc:
                 self.c.metrics.errors.labels("experiment").inc()
                 log.warning("evaluation of experiment %s/%s failed: %s", key[0], key[1], exc)
+            except Exception:  # one experiment must never stop the loop
+                self.c.metrics.errors.labels("experiment").inc()
+                log.exception("evaluation of experiment %s/%s crashed", key[0], key[1])
+        while self.route_changes:
+            self.c.schedule(self.route_changes.pop(), delay=0.0)
         self._next[key] = self.c.clock() + self.interval(key)
 
     def interval(self, key: Key) -> float:
@@ -255,7 +298,7 @@ class ExperimentController:
         return float(mon.get("collectIntervalSeconds") or 30)
 
     def forget(self, key: Key) -> None:
-        self.known.pop(key, None)
+        self.known.pop(key, None)  # (a namespace stays synced: the watch reports what comes later)
         self.accumulators.pop(key, None)
         self._next.pop(key, None)
         self._locks.pop(key, None)
@@ -264,7 +307,7 @@ class ExperimentController:
         tasks: set[asyncio.Task] = set()
         while not stopped.is_set():
             now = self.c.clock()
-            for key in list(self.known):
+            for key in list(self.known) if self.c.active else []:
                 if now >= self._next.get(key, 0.0) and not self.lock(key).locked():
                     self._next[key] = now + self.interval(key)
                     task = asyncio.create_task(self.evaluate(key))
@@ -303,11 +346,11 @@ def register(registry: Any, controller: Any) -> ExperimentController:
         if event.get("type") == "DELETED":
             experiments.forget(key)
             mdep = spec.get("modelDeployment")
-            if mdep and (namespace, mdep) in controller.known:
-                controller.schedule((namespace, mdep), full=True)  # traffic back to the stable version
+            if mdep and (namespace, mdep) in controller.known and controller.active:
+                controller.schedule((namespace, mdep))  # traffic back to the stable version
             return
         previous = experiments.known.get(key)
-        experiments.known[key] = dict(body)
+        experiments.store(dict(body))
         if previous is None or (previous.get("spec") != spec) or (
                 previous.get("metadata", {}).get("generation") != body.get("metadata", {}).get("generation")):
             experiments._next[key] = 0.0  # new or changed spec: evaluate at the next tick

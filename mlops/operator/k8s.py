@@ -1,16 +1,22 @@
-"""The operator's only door to the API server: server-side apply, prune, status patch, Events.
+"""The operator's only door to the API server: server-side apply, prune, status patch, Events, Leases.
 
 A thin synchronous adapter over the official client's ``ApiClient`` (it handles kubeconfig, tokens,
 certificates). Handlers call it from worker threads. Every write of an owned object is a server-side
 apply with the field manager ``mlops-operator``, so applying the same manifest twice is a no-op and
-fields other managers set (an HPA's replicas, kubectl annotations) are left alone.
+fields other managers set (an HPA's replicas, kubectl annotations) are left alone. Whether an object
+may be applied at all (is it ours?) is decided before, by ``mlops.operator.children``.
+
+Every method is generic over the kinds in ``KINDS`` and over the custom resource kind (the involved
+object of an Event, the status subresource), so the ABExperiment and RetrainPolicy controllers reuse it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import socket
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +32,18 @@ KINDS: dict[str, tuple[str, str]] = {
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
+    "Secret": ("/api/v1", "secrets"),
+    "Job": ("/apis/batch/v1", "jobs"),
+    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     n.KIND: (f"/apis/{n.API_VERSION}", n.PLURAL),
     n.ABX_KIND: (f"/apis/{n.API_VERSION}", n.ABX_PLURAL),
+    "RetrainPolicy": (f"/apis/{n.API_VERSION}", "retrainpolicies"),
 }
-# What prune looks at, in deletion order (workloads before what they use).
-PRUNABLE = ("Deployment", "Service", "ConfigMap", "ServiceAccount")
+# What a ModelDeployment owns and prune looks at, in deletion order (workloads before what they use).
+PRUNABLE = ("HorizontalPodAutoscaler", "Deployment", "Service", "ConfigMap", "ServiceAccount", "Secret")
+# Kinds any of the operator's controllers may own: watched (label-filtered) into the shared cache.
+OWNED_KINDS = ("Deployment", "Service", "ConfigMap", "ServiceAccount", "Secret", "Job", "HorizontalPodAutoscaler")
 
 
 class KubeError(Exception):
@@ -45,9 +58,9 @@ class KubeError(Exception):
         return self.status in (0, 409, 429) or self.status >= 500
 
 
-def _path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+def _path(kind: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
     prefix, plural = KINDS[kind]
-    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    path = f"{prefix}/{plural}" if namespace is None else f"{prefix}/namespaces/{namespace}/{plural}"
     if name:
         path += f"/{name}"
     if sub:
@@ -59,11 +72,40 @@ def now_rfc3339(clock_value: float) -> str:
     return dt.datetime.fromtimestamp(clock_value, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def event_name(involved_name: str, key: str) -> str:
+    """Deterministic Event name for one (object, type, reason, message): repeats update it (count)."""
+    return f"{involved_name[:200]}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
 @dataclass
 class Kube:
     api: Any  # kubernetes.client.ApiClient
     field_manager: str = n.FIELD_MANAGER
     timeout: float = 15.0
+
+    on_request: Any = None  # callable(verb, resource) counting every request sent (operator metrics)
+
+    def __post_init__(self) -> None:
+        self._events: dict[str, int] = {}  # event name -> count this process last wrote
+        self._events_lock = threading.Lock()
+
+    def _count(self, method: str, path: str, content_type: str) -> None:
+        if self.on_request is None:
+            return
+        parts = path.strip("/").split("/")
+        if "namespaces" in parts and parts.index("namespaces") + 2 < len(parts):
+            rest = parts[parts.index("namespaces") + 2:]
+        else:
+            rest = parts[2:] if parts[0] == "api" else parts[3:]
+        resource = rest[0] if rest else "?"
+        if len(rest) >= 3:
+            resource += "/" + rest[2]
+        verb = method.lower()
+        if method == "GET":
+            verb = "get" if len(rest) >= 2 else "list"
+        elif method == "PATCH" and content_type == "application/apply-patch+yaml":
+            verb = "apply"
+        self.on_request(verb, resource)
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None, context: str | None = None) -> Kube:
@@ -80,6 +122,7 @@ class Kube:
     def _call(self, method: str, path: str, *, body=None, query=None, content_type="application/json"):
         from kubernetes.client.exceptions import ApiException
 
+        self._count(method, path, content_type)
         try:
             return self.api.call_api(
                 path,
@@ -110,16 +153,34 @@ class Kube:
             raise
 
     # ---- owned objects -------------------------------------------------------------------------
-    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply (force: the operator is the authority on the fields it sets)."""
+    def apply(self, obj: Mapping[str, Any], *, resource_version: str | None = None) -> dict[str, Any]:
+        """Server-side apply (force: the operator is the authority on the fields it sets).
+
+        With ``resource_version`` the apply is conditional (409 Conflict when the object changed or was
+        replaced since it was read): the ownership check done on that version still holds.
+        """
         meta = obj["metadata"]
+        body = dict(obj)
+        if resource_version:
+            body["metadata"] = {**meta, "resourceVersion": resource_version}
         return self._call(
             "PATCH",
             _path(obj["kind"], meta["namespace"], meta["name"]),
-            body=dict(obj),
+            body=body,
             query={"fieldManager": self.field_manager, "force": "true"},
             content_type="application/apply-patch+yaml",
         )
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create only (409 AlreadyExists if someone else's object appeared meanwhile)."""
+        meta = obj["metadata"]
+        return self._call("POST", _path(obj["kind"], meta["namespace"]), body=dict(obj),
+                          query={"fieldManager": self.field_manager})
+
+    def patch(self, kind: str, namespace: str, name: str, body: Mapping[str, Any], *,
+              content_type: str = "application/merge-patch+json") -> dict[str, Any]:
+        return self._call("PATCH", _path(kind, namespace, name), body=dict(body),
+                          query={"fieldManager": self.field_manager}, content_type=content_type)
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -129,9 +190,13 @@ class Kube:
                 return None
             raise
 
-    def list(self, kind: str, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+    def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        """Objects of ``kind`` in ``namespace`` (None: all namespaces), each with its ``kind`` set."""
         query = {"labelSelector": label_selector} if label_selector else None
-        return list(self._call("GET", _path(kind, namespace), query=query).get("items") or [])
+        items = list(self._call("GET", _path(kind, namespace), query=query).get("items") or [])
+        for item in items:
+            item.setdefault("kind", kind)
+        return items
 
     def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> bool:
         body: dict[str, Any] = {"propagationPolicy": "Background"}
@@ -180,7 +245,7 @@ class Kube:
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], uid: str | None = None,
                      kind: str = n.KIND) -> dict:
-        """JSON merge patch of the status subresource only: the spec is never written."""
+        """JSON merge patch of the status subresource only (the spec is never written), as ``mlops-operator``."""
         body: dict[str, Any] = {"status": dict(status)}
         if uid:
             body["metadata"] = {"uid": uid}
@@ -188,27 +253,46 @@ class Kube:
             "PATCH",
             _path(kind, namespace, name, "status"),
             body=body,
+            query={"fieldManager": self.field_manager},
             content_type="application/merge-patch+json",
         )
 
     def post_event(self, cr: Mapping[str, Any], etype: str, reason: str, message: str, now: float) -> None:
+        """Record an Event about ``cr`` (any kind), aggregated: the same (type, reason, message) about the
+        same object is one Event whose ``count``/``lastTimestamp`` (and ``series``) move, not a new object.
+
+        The Event's name is derived from the object's uid, type, reason and message, so aggregation also
+        holds across restarts and replicas (a create that finds the name taken turns into an update).
+        """
         meta = cr["metadata"]
+        ns = meta["namespace"]
+        message = message[:1024]
+        name = event_name(meta["name"], "\x00".join([str(meta.get("uid")), etype, reason, message]))
         stamp = now_rfc3339(now)
+        with self._events_lock:
+            count = self._events.get(name)
+        if count is not None:
+            try:
+                self._bump_event(ns, name, count + 1, stamp)
+                return
+            except KubeError as exc:
+                if exc.status != 404:  # expired (events have a TTL): create it afresh below
+                    raise
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "metadata": {"name": name, "namespace": ns},
             "involvedObject": {
-                "apiVersion": n.API_VERSION,
+                "apiVersion": cr.get("apiVersion") or n.API_VERSION,
                 "kind": cr.get("kind") or n.KIND,
                 "name": meta["name"],
-                "namespace": meta["namespace"],
+                "namespace": ns,
                 "uid": meta.get("uid"),
                 "resourceVersion": meta.get("resourceVersion"),
             },
             "type": etype,
             "reason": reason,
-            "message": message[:1024],
+            "message": message,
             "source": {"component": n.FIELD_MANAGER},
             "reportingComponent": n.FIELD_MANAGER,
             "reportingInstance": socket.gethostname()[:128],
@@ -216,4 +300,39 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
-        self._call("POST", _path("Event", meta["namespace"]), body=event)
+        try:
+            self._call("POST", _path("Event", ns), body=event)
+            count = 1
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            existing = self.get("Event", ns, name) or {}
+            count = int(existing.get("count") or 1) + 1
+            self._bump_event(ns, name, count, stamp)
+        with self._events_lock:
+            if len(self._events) > 10000:
+                self._events.clear()
+            self._events[name] = count
+
+    def _bump_event(self, ns: str, name: str, count: int, stamp: str) -> None:
+        self._call(
+            "PATCH", _path("Event", ns, name),
+            body={"count": count, "lastTimestamp": stamp},
+            content_type="application/merge-patch+json",
+        )
+        with self._events_lock:
+            self._events[name] = count
+
+    # ---- leases (leader election) ----------------------------------------------------------------
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get("Lease", namespace, name)
+
+    def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
+        return self._call("POST", _path("Lease", namespace), body=body)
+
+    def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT with the read resourceVersion: fails with 409 if another candidate wrote it first."""
+        meta = lease["metadata"]
+        return self._call("PUT", _path("Lease", meta["namespace"], meta["name"]), body=dict(lease))

@@ -55,6 +55,28 @@ class OperatorMetrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
+        self.skipped = Counter(
+            "mlops_operator_skipped_applies",
+            "Child objects not applied because the live object already matched (no-op writes avoided).",
+            registry=self.registry,
+        )
+        self.api_requests = Counter(
+            "mlops_operator_api_requests",
+            "Requests the operator sent to the API server (kopf's watch streams excluded), by verb and resource.",
+            ["verb", "resource"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "mlops_operator_events",
+            "Kubernetes Events recorded (new or aggregated into an existing one), by type and reason.",
+            ["type", "reason"],
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "mlops_operator_leader",
+            "1 while this replica holds the leader Lease (always 1 without leader election).",
+            registry=self.registry,
+        )
         self.managed = Gauge(
             "mlops_operator_model_deployments",
             "ModelDeployments currently known to this operator.",

@@ -66,6 +66,15 @@ def _ready(dep: Mapping[str, Any] | None, want: int) -> tuple[int, bool]:
     return ready, current and ready >= want and updated >= want and total <= want
 
 
+def _wanted_replicas(v: Mapping[str, Any], dep: Mapping[str, Any] | None) -> int:
+    """Replicas a version should have: the spec's, or with autoscaling what the HPA set (min as floor)."""
+    auto = v.get("autoscaling")
+    if not auto:
+        return int(v["replicas"])
+    live = ((dep or {}).get("spec") or {}).get("replicas")
+    return int(live) if live is not None else int(auto.get("minReplicas", 1))
+
+
 def reconcile_status(
     cr: Mapping[str, Any],
     *,
@@ -73,17 +82,25 @@ def reconcile_status(
     error: str | None,
     deployments: Mapping[str, Mapping[str, Any]],
     now: str,
+    conflicts: Sequence[str] = (),
+    errors: Sequence[str] = (),
+    problems: Mapping[str, tuple[str, str]] | None = None,
+    artifact_checks: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Status fields owned by reconciliation (everything except metrics/alerts/Drifting).
 
     ``plan`` is the builder's Plan (None when the spec was unusable, then ``error`` says why);
-    ``deployments`` maps Deployment name -> the observed Deployment object.
+    ``deployments`` maps Deployment name -> the observed Deployment object; ``conflicts`` are objects
+    left untouched because another owner controls them; ``errors`` are failed API writes (each names
+    its object); ``problems`` maps a version name (or "router") to the (reason, message) that explains
+    why its pods are not ready; ``artifact_checks`` maps a version to the operator's ArtifactCheck.
     """
     meta = cr["metadata"]
     generation = meta.get("generation")
     old = cr.get("status") or {}
     conditions = list(old.get("conditions") or [])
     status: dict[str, Any] = {"observedGeneration": generation}
+    problems = problems or {}
     if plan is None:
         conditions = set_condition(conditions, "Ready", False, "InvalidSpec", error or "invalid spec", now=now, generation=generation)
         conditions = set_condition(conditions, "Progressing", False, "InvalidSpec", error or "", now=now, generation=generation)
@@ -96,43 +113,64 @@ def reconcile_status(
     all_complete = True
     any_ready = False
     pending: list[str] = []
+    stable_ready = 0
     for v in plan.spec["versions"]:
         vname = v["name"]
-        want = int(v["replicas"])
         dep = deployments.get(n.version_object_name(name, vname))
+        want = _wanted_replicas(v, dep)
         ready, complete = _ready(dep, want)
         entry = {"name": vname, "replicas": want, "readyReplicas": ready, "sha256": v["artifact"]["sha256"]}
         if dep:
             entry["sha256"] = ((dep.get("metadata") or {}).get("annotations") or {}).get(n.ANN_ARTIFACT_SHA256, entry["sha256"])
         versions_status.append(entry)
+        if vname == plan.effective_stable:
+            stable_ready = ready
         if vname in plan.served_versions:
             any_ready = any_ready or ready > 0
             if not complete:
                 all_complete = False
-                pending.append(f"{vname} {ready}/{want}")
+                why = problems.get(vname)
+                pending.append(f"{vname} {ready}/{want}" + (f" ({why[0]}: {why[1]})" if why else ""))
     router_ready, router_complete = _ready(deployments.get(n.router_name(name)), 1)
     if plan.effective_stable is not None and not router_complete:
         all_complete = False
-        pending.append(f"router {router_ready}/1")
+        why = problems.get("router")
+        pending.append(f"router {router_ready}/1" + (f" ({why[0]}: {why[1]})" if why else ""))
 
     held = plan.held_versions
-    degraded = bool(held)
+    degraded_parts: list[tuple[str, str]] = []
+    if conflicts:
+        degraded_parts.append(("ResourceConflict", "; ".join(conflicts)))
+    if errors:
+        reason = "PruneFailed" if all(e.startswith("prune ") for e in errors) else "ApplyFailed"
+        degraded_parts.append((reason, "; ".join(errors)))
+    if held:
+        degraded_parts.append(("ArtifactVerificationFailed", "; ".join(f"{v}: {why}" for v, why in sorted(held.items()))))
+    degraded = bool(degraded_parts)
     if degraded:
-        message = "; ".join(f"{v}: {why}" for v, why in sorted(held.items()))
-        conditions = set_condition(conditions, "Degraded", True, "ArtifactVerificationFailed", message, now=now, generation=generation)
+        message = " | ".join(msg for _, msg in degraded_parts)
+        conditions = set_condition(conditions, "Degraded", True, degraded_parts[0][0], message, now=now, generation=generation)
     else:
-        conditions = set_condition(conditions, "Degraded", False, "AsExpected", "all versions verified", now=now, generation=generation)
-    if all_complete and plan.served_versions:
+        conditions = set_condition(conditions, "Degraded", False, "AsExpected", _artifact_summary(plan, artifact_checks),
+                                   now=now, generation=generation)
+    stable_serving = plan.effective_stable is not None and stable_ready > 0
+    if all_complete and plan.served_versions and stable_serving:
         conditions = set_condition(conditions, "Progressing", False, "RolloutComplete", "all replicas updated and ready", now=now, generation=generation)
         conditions = set_condition(conditions, "Ready", True, "AllReplicasReady", f"serving {plan.effective_stable} at {plan.url}", now=now, generation=generation)
+    elif all_complete and plan.served_versions:
+        msg = f"stable version {plan.effective_stable} has no ready replicas (replicas: 0)"
+        conditions = set_condition(conditions, "Progressing", False, "RolloutComplete", "all replicas updated and ready", now=now, generation=generation)
+        conditions = set_condition(conditions, "Ready", False, "StableVersionNotServing", msg, now=now, generation=generation)
     else:
         msg = "waiting for " + ", ".join(pending) if pending else "no version can be served"
+        first_problem = next((problems[k] for k in [*plan.served_versions, "router"] if k in problems), None)
+        ready_reason = first_problem[0] if first_problem else ("ReplicasNotReady" if plan.served_versions else "NothingToServe")
         conditions = set_condition(conditions, "Progressing", bool(plan.served_versions), "RollingOut" if plan.served_versions else "NothingToServe", msg, now=now, generation=generation)
-        conditions = set_condition(conditions, "Ready", False, "ReplicasNotReady" if plan.served_versions else "NothingToServe", msg, now=now, generation=generation)
+        conditions = set_condition(conditions, "Ready", False, ready_reason, msg, now=now, generation=generation)
 
     if not plan.served_versions:
         phase = "Failed"
-    elif degraded:
+    elif degraded or (all_complete and not stable_serving):
         phase = "Degraded"
     elif all_complete:
         phase = "Ready"
@@ -140,14 +178,31 @@ def reconcile_status(
         phase = "Progressing"
     else:
         phase = "Pending"
+    # The router serves the new table only once its rollout (keyed by the table's hash) is complete.
+    current = plan.effective_stable if router_complete else old.get("currentVersion")
     status.update(
         phase=phase,
         conditions=conditions,
         url=plan.url,
-        currentVersion=plan.effective_stable,
+        currentVersion=current,
         versions=versions_status,
     )
     return status
+
+
+def _artifact_summary(plan: Any, checks: Mapping[str, Any] | None) -> str:
+    """'verified' only for versions whose sha256 the operator actually checked."""
+    checks = checks or {}
+    verified = [v for v in plan.served_versions if getattr(checks.get(v), "ok", None) is True]
+    unverified = [v for v in plan.served_versions if v not in verified]
+    if not unverified:
+        return f"all artifacts verified by the operator (sha256): {', '.join(verified)}"
+    parts = []
+    if verified:
+        parts.append(f"sha256 verified by the operator: {', '.join(verified)}")
+    detail = "; ".join(f"{v}: {getattr(checks.get(v), 'reason', '') or 'not checked'}" for v in unverified)
+    parts.append(f"not verified by the operator (the init container checks the sha256 before loading): {detail}")
+    return "no problems; " + "; ".join(parts)
 
 
 def is_drifting(metrics: Mapping[str, Any], thresholds: Mapping[str, float]) -> bool:

@@ -80,3 +80,24 @@ def crds_installed(cluster) -> list[str]:
             break
         time.sleep(0.5)
     return names
+
+
+# ---- the operator under its own RBAC (shared by the operator test modules)
+@pytest.fixture(scope="session")
+def operator_kubeconfig(cluster, crds_installed) -> Path:
+    """The operator's own ServiceAccount token, bound by manifests/rbac.yaml and nothing else."""
+    cluster.create_namespace("mlops-system")
+    cluster.kubectl("apply", "-f", str(REPO / "manifests" / "rbac.yaml"))
+    kubeconfig = cluster.service_account_kubeconfig("mlops-system", "mlops-operator")
+    # It is not an admin: it may not touch Nodes, RBAC, or Leases outside its own namespace.
+    for verb, what, *ns in (("list", "nodes"), ("create", "clusterroles"), ("create", "leases", "-n", "default")):
+        denied = cluster.kubectl("auth", "can-i", verb, what, *(ns or ["-A"]), kubeconfig=kubeconfig, check=False)
+        assert denied.stdout.strip() == "no", (verb, what)
+    return kubeconfig
+
+
+@pytest.fixture(scope="session")
+def admin(cluster):
+    from mlops.operator.k8s import Kube
+
+    return Kube(cluster.api_client())

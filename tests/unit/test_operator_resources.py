@@ -155,7 +155,7 @@ def test_fetch_script_verifies_the_sha256(tmp_path):
     import subprocess
     import sys
 
-    from mlops.operator.resources.model_deployment import FETCH_SCRIPT
+    from mlops.operator.resources.model_deployment import FETCH_MODULE
 
     src = tmp_path / "model.skops"
     src.write_bytes(b"model bytes")
@@ -163,11 +163,11 @@ def test_fetch_script_verifies_the_sha256(tmp_path):
 
     good = hashlib.sha256(b"model bytes").hexdigest()
     dest = tmp_path / "out.skops"
-    ok = subprocess.run([sys.executable, "-c", FETCH_SCRIPT, src.as_uri(), good, str(dest)], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", FETCH_MODULE, src.as_uri(), good, str(dest)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert dest.read_bytes() == b"model bytes"
     dest.unlink()
-    bad = subprocess.run([sys.executable, "-c", FETCH_SCRIPT, src.as_uri(), "f" * 64, str(dest)], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", FETCH_MODULE, src.as_uri(), "f" * 64, str(dest)], capture_output=True, text=True)
     assert bad.returncode != 0 and "sha256 mismatch" in bad.stderr
     assert not dest.exists() and not (tmp_path / "out.skops.part").exists()
 
@@ -269,3 +269,19 @@ def test_long_names_are_shortened_to_valid_dns_labels():
     assert len(n.version_object_name("m" * 60, "v1.2.3-rc.1")) <= 63
     assert n.dns_label("A.b_C") == "a-b-c"
     assert n.version_object_name("m" * 60, "a") != n.version_object_name("m" * 60, "b")
+
+
+def test_autoscaled_version_gets_an_hpa_and_no_replicas():
+    cr = mdep(versions=[{"name": "v1", "artifact": {"uri": "https://models.example/alz/v1.skops", "sha256": SHA_A},
+                         "replicas": 3, "autoscaling": {"maxReplicas": 6, "targetCPUUtilizationPercentage": 60}}])
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in desired_objects(cr)}
+    assert "replicas" not in objs[("Deployment", "alz-v1")]["spec"]
+    hpa = objs[("HorizontalPodAutoscaler", "alz-v1")]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "alz-v1"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 6)
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+    assert objs[("Deployment", "alz-v1")]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+    # without autoscaling the replica count is enforced as before
+    plain = {(o["kind"], o["metadata"]["name"]): o for o in desired_objects(mdep())}
+    assert plain[("Deployment", "alz-v1")]["spec"]["replicas"] == 1
+    assert not any(k[0] == "HorizontalPodAutoscaler" for k in plain)

@@ -12,6 +12,7 @@ version the router keeps sending traffic to the previously stable one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,30 +31,9 @@ MODEL_DIR = "/models"
 PROFILE_DIR = "/etc/mlops/profile"
 ROUTING_DIR = "/etc/mlops/routing"
 
-# The init container: download the artifact (file:// or http(s)://), verify its sha256, and only then
-# move it where the model container reads it. Standard library only, so it runs in the plain image.
-FETCH_SCRIPT = """\
-import hashlib, os, shutil, sys, urllib.parse, urllib.request
-uri, want, dest = sys.argv[1:4]
-tmp = dest + ".part"
-scheme = urllib.parse.urlparse(uri).scheme
-if scheme == "file":
-    src = open(urllib.parse.unquote(urllib.parse.urlparse(uri).path), "rb")
-elif scheme in ("http", "https"):
-    src = urllib.request.urlopen(uri, timeout=60)
-else:
-    sys.exit(f"fetch-artifact: scheme {scheme!r} needs a pre-populated volume or a custom init image")
-digest = hashlib.sha256()
-with src, open(tmp, "wb") as out:
-    for chunk in iter(lambda: src.read(1 << 20), b""):
-        digest.update(chunk)
-        out.write(chunk)
-if digest.hexdigest() != want.lower():
-    os.remove(tmp)
-    sys.exit(f"fetch-artifact: sha256 mismatch for {uri}: got {digest.hexdigest()}, want {want}")
-os.replace(tmp, dest)
-print(f"fetch-artifact: {uri} verified ({want})")
-"""
+# The init container runs mlops.serving.artifact_fetch: download (file, http(s), s3, gs), verify the
+# sha256, and only then move the file where the model container reads it.
+FETCH_MODULE = "mlops.serving.artifact_fetch"
 
 
 @dataclass(frozen=True)
@@ -134,6 +114,10 @@ def _pod_security() -> dict[str, Any]:
 
 
 SIDECAR_RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+# The model container's resources when the version sets none: a namespace with a ResourceQuota rejects
+# pods without requests/limits, and an HPA needs a CPU request to compute utilisation.
+MODEL_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+ANN_ROUTING_HASH = f"{n.GROUP}/routing-hash"
 INIT_RESOURCES = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}
 
 
@@ -205,7 +189,7 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
                 "initialDelaySeconds": 10,
                 **probe_common,
             },
-            "resources": version.get("resources") or {},
+            "resources": version.get("resources") or MODEL_RESOURCES,
             "securityContext": _container_security(),
             "volumeMounts": [
                 {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
@@ -231,21 +215,32 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
             "volumeMounts": monitor_mounts,
         },
     ]
-    init = {
+    init: dict[str, Any] = {
         "name": "fetch-artifact",
         "image": image,
         "imagePullPolicy": pull,
-        "command": ["python", "-c", FETCH_SCRIPT, artifact["uri"], artifact["sha256"], model_file],
+        "command": ["python", "-m", FETCH_MODULE, artifact["uri"], artifact["sha256"], model_file],
         "resources": INIT_RESOURCES,
         "securityContext": _container_security(),
         "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
     }
+    deployment_spec: dict[str, Any] = {}
+    if not version.get("autoscaling"):  # with an HPA the field is left out: the autoscaler owns it
+        deployment_spec["replicas"] = int(version["replicas"])
+    store = spec.get("artifactStore") or {}
+    store_env = [{"name": env_name, "value": store[key]} for key, env_name in (
+        ("s3Endpoint", "MLOPS_ARTIFACT_S3_ENDPOINT"), ("region", "AWS_DEFAULT_REGION"),
+        ("gcsEndpoint", "MLOPS_ARTIFACT_GCS_ENDPOINT")) if store.get(key)]
+    if store_env:
+        init["env"] = store_env
+    if store.get("secretName"):
+        init["envFrom"] = [{"secretRef": {"name": store["secretName"]}}]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(cr, obj_name, labels, annotations),
         "spec": {
-            "replicas": int(version["replicas"]),
+            **deployment_spec,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": n.version_selector_labels(name, vname)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
@@ -291,6 +286,31 @@ def _version_service(cr, vname: str) -> dict[str, Any]:
     }
 
 
+def _version_hpa(cr, version: dict[str, Any]) -> dict[str, Any]:
+    name = cr["metadata"]["name"]
+    vname = version["name"]
+    auto = version["autoscaling"]
+    labels = {**n.common_labels(name, n.COMPONENT_MODEL), **n.version_selector_labels(name, vname)}
+    labels["app.kubernetes.io/version"] = n.label_value(vname)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(cr, n.version_object_name(name, vname), labels),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                               "name": n.version_object_name(name, vname)},
+            "minReplicas": int(auto.get("minReplicas", 1)),
+            "maxReplicas": int(auto["maxReplicas"]),
+            "metrics": [{
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {
+                    "type": "Utilization",
+                    "averageUtilization": int(auto.get("targetCPUUtilizationPercentage", 80))}},
+            }],
+        },
+    }
+
+
 def routing_table(cr, spec, served: list[str], stable: str, observed: Observed) -> RoutingTable:
     name = cr["metadata"]["name"]
     ns = cr["metadata"]["namespace"]
@@ -314,6 +334,10 @@ def routing_table(cr, spec, served: list[str], stable: str, observed: Observed) 
     )
 
 
+def routing_hash(table: RoutingTable) -> str:
+    return hashlib.sha256(table.to_json().encode()).hexdigest()[:16]
+
+
 def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
     name = cr["metadata"]["name"]
     labels = n.common_labels(name, n.COMPONENT_ROUTER)
@@ -334,7 +358,9 @@ def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
             "selector": {"matchLabels": n.router_selector_labels(name)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
-                "metadata": {"labels": labels},
+                # A new routing table rolls the router: status.currentVersion moves only once the
+                # rollout is observed complete, i.e. every router pod serves the new table.
+                "metadata": {"labels": labels, "annotations": {ANN_ROUTING_HASH: routing_hash(table)}},
                 "spec": {
                     "serviceAccountName": n.service_account_name(name),
                     "automountServiceAccountToken": False,
@@ -435,6 +461,8 @@ def plan(cr: Mapping[str, Any], observed: Observed | None = None) -> Plan:
         served.append(vname)
         version_objects.append(_version_deployment(cr, spec, v, artifact))
         version_objects.append(_version_service(cr, vname))
+        if v.get("autoscaling"):
+            version_objects.append(_version_hpa(cr, v))
 
     stable = spec["stableVersion"]
     if observed.promoted is not None and observed.promoted in served:

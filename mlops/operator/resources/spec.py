@@ -59,6 +59,10 @@ def normalize_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
             raise InvalidSpec(f"spec.versions[{v['name']}].artifact needs uri and sha256")
         art.setdefault("format", "skops")
         v.setdefault("replicas", 1)
+        auto = v.get("autoscaling")
+        if auto:
+            auto.setdefault("minReplicas", 1)
+            auto.setdefault("targetCPUUtilizationPercentage", 80)
         v.setdefault("resources", {})
     spec.setdefault("image", DEFAULT_IMAGE)
     spec.setdefault("imagePullPolicy", "IfNotPresent")
