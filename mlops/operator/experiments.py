@@ -115,7 +115,8 @@ class ExperimentController:
         self._locks: dict[Key, asyncio.Lock] = {}
         self._next: dict[Key, float] = {}
         self._synced: set[str] = set()
-        self.route_changes: set[Key] = set()  # ModelDeployments whose routing table must be rebuilt  # namespaces listed once; the watch keeps ``known`` current
+        self.route_changes: set[Key] = set()
+        self._foreign: set[Key] = set()  # ModelDeployments whose routing table must be rebuilt  # namespaces listed once; the watch keeps ``known`` current
 
     def store(self, obj: Mapping[str, Any]) -> None:
         """Keep the newest copy of an ABExperiment (watch events can arrive after our own write)."""
@@ -172,12 +173,19 @@ class ExperimentController:
         owned = cm is not None and any(r.get("uid") == cr["metadata"]["uid"]
                                        for r in (cm.get("metadata") or {}).get("ownerReferences") or [])
         text = ((cm or {}).get("data") or {}).get(STATE_KEY) if owned else None
+        if cm is not None and not owned:
+            self._foreign.add(key)  # someone else's ConfigMap: never modified (ResourceConflict)
+            self.c._event(cr, "Warning", "ResourceConflict",
+                          f"ConfigMap {key[0]}/{counts_configmap_name(key[1])} exists and is not owned by this "
+                          "experiment; its counts are kept in memory only (an operator restart loses them)")
         acc = Accumulator.from_dict(json.loads(text)) if text else Accumulator()
         self.accumulators[key] = acc
         return acc
 
     def _save_accumulator(self, cr: Mapping[str, Any], acc: Accumulator) -> None:
         meta = cr["metadata"]
+        if (meta["namespace"], meta["name"]) in self._foreign:
+            return
         state = acc.to_dict()
         for source in state["sources"].values():  # sketches merge by maximum: the totals' copy suffices
             for item in source["last"]:
@@ -299,6 +307,7 @@ class ExperimentController:
 
     def forget(self, key: Key) -> None:
         self.known.pop(key, None)  # (a namespace stays synced: the watch reports what comes later)
+        self._foreign.discard(key)
         self.accumulators.pop(key, None)
         self._next.pop(key, None)
         self._locks.pop(key, None)
