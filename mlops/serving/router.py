@@ -80,6 +80,9 @@ class RouterSettings:
     pool_timeout: float = 5.0
     max_connections: int = 200
     max_keepalive: int = 100
+    # Idle pooled connections are dropped before the upstream's keep-alive timeout (uvicorn: 5 s), so a
+    # request is never sent on a connection the server is closing at that moment (a 502 ReadError).
+    keepalive_expiry: float = 2.0
     max_body_bytes: int = 16 * 1024 * 1024
     poll_interval: float = 1.0
 
@@ -180,7 +183,8 @@ class RouterApp:
         s = self.settings
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout, pool=s.pool_timeout),
-            limits=httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=s.max_keepalive),
+            limits=httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=s.max_keepalive,
+                                keepalive_expiry=s.keepalive_expiry),
             transport=self._transport,
         )
         self._poller = asyncio.create_task(self._poll())

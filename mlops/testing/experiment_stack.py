@@ -269,7 +269,9 @@ class Simulator:
 
     async def _run(self, users, accuracy, per_user, bad, in_arm):
         sem = asyncio.Semaphore(16)
-        async with httpx.AsyncClient(base_url=self.router, timeout=30) as client:
+        # idle connections expire before the router's keep-alive timeout (5 s): no stale-connection race
+        limits = httpx.Limits(max_keepalive_connections=16, keepalive_expiry=2.0)
+        async with httpx.AsyncClient(base_url=self.router, timeout=60, limits=limits) as client:
             jobs = [(u, bad(u)) for u in users for _ in range(per_user)]
             results = await asyncio.gather(*(self._one(client, sem, u, accuracy, b) for u, b in jobs))
             feedback = []
