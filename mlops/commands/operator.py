@@ -57,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--liveness-port", type=int, default=8081, help="GET /healthz port (0 disables)")
     parser.add_argument("--metrics-port", type=int, default=8082, help="operator's own /metrics port (0 disables)")
     parser.add_argument("--bind", default="0.0.0.0", help="address for the liveness and metrics endpoints")
+    parser.add_argument("--clock-offset-file", metavar="FILE", help=argparse.SUPPRESS)  # tests: shift the clock
     parser.add_argument("--log-format", choices=("json", "text"), default="json")
     parser.add_argument("--verbose", "-v", action="store_true")
     parser.set_defaults(func=run)
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         artifact_policy=ArtifactPolicy.from_flags(args.artifact_allowed_schemes.split(","),
                                                   args.artifact_allowed_hosts.split(",")),
         cluster_domain=args.cluster_domain,
+        clock_offset_file=args.clock_offset_file,
         workers=args.workers,
         collect_workers=args.collect_workers,
         leader_elect=args.leader_elect,

@@ -298,7 +298,9 @@ class Samples(_Model):
 
 
 class VariantMetrics(_Model):
+    users: int | None = None
     predictions: int | None = None
+    labelled: int | None = None
     accuracy: float | None = None
     error_rate: float | None = None
     latency_p50_ms: float | None = Field(default=None, alias="latencyP50Ms")
@@ -315,16 +317,49 @@ class ConfidenceInterval(_Model):
     upper: float | None = None
 
 
+class ExperimentRouting(_Model):
+    treatment_share: float | None = None
+    ramp_step: int | None = None
+    paused: bool | None = None
+
+
+class GuardrailStatus(_Model):
+    metric: str | None = None
+    max_degradation: float | None = None
+    degradation: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    result: Literal["passed", "breached", "pending"] | None = None
+
+
+class Promotion(_Model):
+    version: str | None = None
+    model_deployment_generation: int | None = None
+    at: str | None = None
+
+
 class ABExperimentStatus(_Model):
-    phase: Literal["Draft", "Running", "Paused", "Completed", "Terminated"] | None = None
+    phase: Literal["Draft", "Pending", "Running", "Paused", "Concluded", "Completed", "Terminated"] | None = None
     observed_generation: int | None = Field(default=None, ge=0)
     conditions: list[Condition] | None = None
     started_at: str | None = None
     completed_at: str | None = None
     current_split: float | None = None
+    ramp_step: int | None = None
+    next_step_at: str | None = None
+    salt: str | None = None
+    routing: ExperimentRouting | None = None
+    users: Samples | None = None
     samples: Samples | None = None
     metrics: ArmMetrics | None = None
+    primary_metric: str | None = None
     p_value: float | None = None
+    srm_p_value: float | None = Field(default=None, alias="srmPValue")
+    srm_phase_p_values: list[float] | None = Field(default=None, alias="srmPhasePValues")
+    progress: float | None = None
+    guardrails: list[GuardrailStatus] | None = None
+    promoted_version: str | None = None
+    promotion: Promotion | None = None
     confidence_interval: ConfidenceInterval | None = None
     effect_size: float | None = None
     sample_ratio_mismatch: bool | None = None

@@ -188,12 +188,8 @@ class Collector:
     # ---- the whole thing -------------------------------------------------------------------------
     def collect(self, cr: Mapping[str, Any], spec: Mapping[str, Any], collected_at: str) -> dict[str, Any] | None:
         """status.metrics for ``cr``, or None when there is nothing to scrape yet."""
-        from mlops.serving.sidecar_metrics import (
-            data_quality_from_snapshot,
-            merge_snapshots,
-            parse_metrics,
-            summarize,
-        )
+        from mlops.core.counters import data_quality_from_snapshot, merge_snapshots, summarize
+        from mlops.serving.sidecar_metrics import parse_metrics
 
         meta = cr["metadata"]
         urls = self.override_endpoints(meta["namespace"], meta["name"])

@@ -37,6 +37,8 @@ from mlops.operator.cache import ObjectCache
 from mlops.operator.children import ChildSync
 from mlops.operator.collector import CollectError, Collector
 from mlops.operator.diagnosis import diagnose
+from mlops.operator.experiments import register as register_experiments
+from mlops.operator.experiments import routing_for
 from mlops.operator.k8s import OWNED_KINDS, PRUNABLE, Kube, KubeError, now_rfc3339
 from mlops.operator.leader import LeaderElector
 from mlops.operator.metrics import OperatorMetrics
@@ -71,6 +73,7 @@ class OperatorConfig:
     artifact_policy: ArtifactPolicy = field(default_factory=ArtifactPolicy)
     cluster_domain: str = "cluster.local"
     workers: int = 4
+    clock_offset_file: str | None = None  # tests: seconds added to the wall clock (mlops.operator.main)
     collect_workers: int = 4
     debounce: float = 0.2
     leader_elect: bool = False
@@ -120,6 +123,7 @@ class Controller:
         self.children = ChildSync(kube, self.cache)
         kube.on_request = self._count_request
         self.known: dict[Key, dict[str, Any]] = {}
+        self.experiments: Any = None  # the ABExperiment controller (mlops.operator.experiments.register)
         self._locks: dict[Key, asyncio.Lock] = {}
         self._pending: set[Key] = set()
         self._retries: dict[Key, int] = {}
@@ -208,9 +212,14 @@ class Controller:
                     "sha256": ann[n.ANN_ARTIFACT_SHA256],
                     "format": ann.get(n.ANN_ARTIFACT_FORMAT, "skops"),
                 }
+        # the running ABExperiment and an autoPromote record, from the watch-fed experiments cache
+        experiments = self.experiments.experiments_in(cr["metadata"]["namespace"]) if self.experiments else None
+        experiment, promoted = routing_for(self.kube, cr, experiments)
         observed = Observed(
             deployed_artifacts=deployed,
             previous_stable=(cr.get("status") or {}).get("currentVersion"),
+            experiment=experiment,
+            promoted=promoted,
             cluster_domain=self.config.cluster_domain,
         )
         return owned, observed
@@ -654,4 +663,5 @@ def build_registry(controller: Controller) -> Any:
 
         kopf.on.event(group, version, plural, labels=managed, id=f"owned-{kind.lower()}", registry=registry)(make(kind))
 
+    register_experiments(registry, controller)
     return registry

@@ -37,7 +37,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     n.KIND: (f"/apis/{n.API_VERSION}", n.PLURAL),
-    "ABExperiment": (f"/apis/{n.API_VERSION}", "abexperiments"),
+    n.ABX_KIND: (f"/apis/{n.API_VERSION}", n.ABX_PLURAL),
     "RetrainPolicy": (f"/apis/{n.API_VERSION}", "retrainpolicies"),
 }
 # What a ModelDeployment owns and prune looks at, in deletion order (workloads before what they use).

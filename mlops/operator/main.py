@@ -37,7 +37,7 @@ def run_operator(
     if metrics_port:
         start_http_server(metrics_port, addr=bind, registry=metrics.registry)
     kube = Kube.from_environment(kubeconfig)
-    controller = Controller(kube, config, metrics=metrics)
+    controller = Controller(kube, config, metrics=metrics, clock=file_offset_clock(config.clock_offset_file))
     registry = build_registry(controller)
     liveness = f"http://{bind}:{liveness_port}/healthz" if liveness_port else None
     log.info(
@@ -55,3 +55,23 @@ def run_operator(
         )
     )
     return 0
+
+
+def file_offset_clock(path: str | None):
+    """The wall clock, plus the number of seconds written in ``path`` when one is given (re-read at
+    every call). Tests use it to move the operator through ramp steps and ``durationDays`` without
+    waiting; an unreadable or empty file counts as 0."""
+    import time
+
+    if not path:
+        return time.time
+
+    def clock() -> float:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read().strip()
+            return time.time() + (float(text) if text else 0.0)
+        except (OSError, ValueError):
+            return time.time()
+
+    return clock

@@ -38,6 +38,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from mlops.core.arm_tag import HEADER as ARM_HEADER
+from mlops.core.arm_tag import tagged_nonce
 from mlops.core.prediction_id import InvalidPredictionId, sign_prediction_id, verify_prediction_id
 from mlops.serving.batching import BatchMode, MicroBatcher
 from mlops.serving.errors import ApiError, error_response, install_error_handlers, validation_error
@@ -63,6 +65,9 @@ BATCH_MODE_ENV = "MLOPS_SERVE_BATCH_MODE"
 DEFAULT_MAX_BATCH = 64
 DEFAULT_BATCH_MODE = "inline"
 _JSON = "application/json"
+
+
+_ARM_HEADER_BYTES = ARM_HEADER.encode()
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -363,7 +368,8 @@ class ProductionModelServer:
         }
 
     def _predict_rows(
-        self, feature_rows: list[dict], user_ids: list[str | None], experiment: str | None
+        self, feature_rows: list[dict], user_ids: list[str | None], experiment: str | None,
+        arm_tag: str | None = None,
     ) -> list[dict[str, Any]]:
         """Predict, sign ids, queue monitoring records; raises ApiError for bad rows."""
         start = time.perf_counter()
@@ -377,7 +383,7 @@ class ProductionModelServer:
                 raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
             labels, confidence = model.predict(rows)
             for i, label in enumerate(labels):
-                out.append(self._result(model.version, label, confidence[i], user_ids[i]))
+                out.append(self._result(model.version, label, confidence[i], user_ids[i], arm_tag))
         else:
             self._model()
             for features, user_id in zip(feature_rows, user_ids, strict=True):
@@ -397,9 +403,13 @@ class ProductionModelServer:
             self._count_and_record(r, features, now, latency)
         return out
 
-    def _result(self, version: str, label: Any, confidence: float | None, user_id: str | None) -> dict[str, Any]:
+    def _result(self, version: str, label: Any, confidence: float | None, user_id: str | None,
+                arm_tag: str | None = None) -> dict[str, Any]:
+        # The router's experiment-arm tag rides in the signed id's nonce (mlops.core.arm_tag), so the
+        # sidecar counts the prediction and its later feedback in the right arm.
+        nonce = tagged_nonce(self._nonce(), arm_tag) if arm_tag else None
         return {"prediction": label, "model_version": version, "variant": None, "user_id": user_id,
-                "confidence": confidence, "prediction_id": self._new_id(version, label)}
+                "confidence": confidence, "prediction_id": self._new_id(version, label, nonce)}
 
     def _count_and_record(self, r: dict[str, Any], features: dict, now: float, latency: float) -> None:
         version = r["model_version"]
@@ -407,10 +417,16 @@ class ProductionModelServer:
         self.recorder.record(PredictionRecord(
             r["prediction_id"], self.model_name, version, now, latency, features, r["prediction"], r["confidence"]))
 
-    def _record_error(self, version: str | None, features: dict) -> None:
+    def _record_error(self, version: str | None, features: dict, arm_tag: str | None = None) -> None:
         self.error_count += 1
+        pid = ""
+        if arm_tag and version is None and self.current_model_version:
+            # a failed request of an experiment arm still counts in that arm's error rate
+            version = self.current_model_version
+        if arm_tag and version:
+            pid = self._new_id(version, "", tagged_nonce(self._nonce(), arm_tag))
         if version:
-            self.recorder.record(PredictionRecord("", self.model_name, version, self.clock(), 0.0, features,
+            self.recorder.record(PredictionRecord(pid, self.model_name, version, self.clock(), 0.0, features,
                                                   None, None, True))
 
     def predict(self, features: dict, user_id: str | None = None, experiment_name: str | None = None) -> dict:
@@ -545,7 +561,7 @@ class ProductionModelServer:
             body = bytes(chunks)
         return self._validate(body, model)
 
-    async def _predict_one(self, req: PredictRequest) -> dict[str, Any]:
+    async def _predict_one(self, req: PredictRequest, arm_tag: str | None = None) -> dict[str, Any]:
         """One /predict request: experiments in a worker thread, plain ones through the micro-batcher."""
         try:
             if req.experiment_name is not None:
@@ -553,20 +569,26 @@ class ProductionModelServer:
                     self._predict_rows, [req.features], [req.user_id], req.experiment_name))[0]
             if self.batcher is None:
                 if self.current_model_version in self._slow:
-                    return (await run_in_threadpool(self._predict_rows, [req.features], [req.user_id], None))[0]
-                return self._predict_rows([req.features], [req.user_id], None)[0]
+                    return (await run_in_threadpool(
+                        self._predict_rows, [req.features], [req.user_id], None, arm_tag))[0]
+                return self._predict_rows([req.features], [req.user_id], None, arm_tag)[0]
             model = self._model()
             try:
                 row = model.row(req.features)
             except FeatureError as exc:
                 raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
         except ApiError:
-            self._record_error(None, req.features)
+            self._record_error(None, req.features, arm_tag)
             raise
         start = time.perf_counter()
         now = self.clock()
-        label, confidence = await self.batcher.predict(model, row)
-        result = self._result(model.version, label, confidence, req.user_id)
+        try:
+            label, confidence = await self.batcher.predict(model, row)
+        except Exception:
+            if arm_tag:
+                self._record_error(model.version, req.features, arm_tag)
+            raise
+        result = self._result(model.version, label, confidence, req.user_id, arm_tag)
         self._count_and_record(result, req.features, now, time.perf_counter() - start)
         return result
 
@@ -576,17 +598,19 @@ class ProductionModelServer:
         self.request_count += 1
         start = time.perf_counter()
         try:
-            content_type, declared = "", None
+            content_type, declared, arm_tag = "", None, None
             for name, value in scope["headers"]:
                 if name == b"content-type":
                     content_type = value.decode("latin-1")
                 elif name == b"content-length":
                     declared = value.decode("latin-1")
+                elif name == _ARM_HEADER_BYTES:
+                    arm_tag = value.decode("latin-1")
             self._check_headers(content_type, declared)
             body = await _read_body(receive, self.max_body_bytes)
             if body is None:
                 return  # the client went away
-            result = await self._predict_one(self._validate(body, PredictRequest))
+            result = await self._predict_one(self._validate(body, PredictRequest), arm_tag)
             result["latency_ms"] = round((time.perf_counter() - start) * 1000.0, 3)
             result["timestamp"] = _iso(self.clock())
             status, payload = 200, orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -644,7 +668,7 @@ class ProductionModelServer:
             server.request_count += 1
             start = time.perf_counter()
             req = await server._body(request, PredictRequest)
-            result = await server._predict_one(req)
+            result = await server._predict_one(req, request.headers.get(ARM_HEADER))
             result["latency_ms"] = round((time.perf_counter() - start) * 1000.0, 3)
             result["timestamp"] = _iso(server.clock())
             return _json(result)

@@ -46,8 +46,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from mlops.core.arm_tag import HEADER as ARM_HEADER
 from mlops.core.prediction_id import InvalidPredictionId, verify_prediction_id
-from mlops.serving.routing_table import RoutingTable, choose_version, load_routing_table
+from mlops.serving.routing_table import RoutingTable, arm_tag, choose_version, load_routing_table
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"host", b"content-length",
 })
+# Set by the router only: a client-supplied arm tag is dropped, never forwarded.
+_FROM_ROUTER = frozenset({*_HOP_BY_HOP, ARM_HEADER.encode()})
 _RESPONSE_DROP = frozenset({*_HOP_BY_HOP, b"content-encoding", b"date", b"server"})
 _JSON = [(b"content-type", b"application/json")]
 
@@ -77,6 +80,9 @@ class RouterSettings:
     pool_timeout: float = 5.0
     max_connections: int = 200
     max_keepalive: int = 100
+    # Idle pooled connections are dropped before the upstream's keep-alive timeout (uvicorn: 5 s), so a
+    # request is never sent on a connection the server is closing at that moment (a 502 ReadError).
+    keepalive_expiry: float = 2.0
     max_body_bytes: int = 16 * 1024 * 1024
     poll_interval: float = 1.0
 
@@ -177,7 +183,8 @@ class RouterApp:
         s = self.settings
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout, pool=s.pool_timeout),
-            limits=httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=s.max_keepalive),
+            limits=httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=s.max_keepalive,
+                                keepalive_expiry=s.keepalive_expiry),
             transport=self._transport,
         )
         self._poller = asyncio.create_task(self._poll())
@@ -269,9 +276,11 @@ class RouterApp:
         payload = _loads(body)
         features = payload.get("features") if isinstance(payload, dict) else None
         user = self._user_key(scope, payload)
-        version, variant = choose_version(self.table, user, features if isinstance(features, dict) else None,
-                                          rng=self._rng)
-        await self._proxy(scope, body, send, version, variant, label_response=True)
+        table = self.table
+        feats = features if isinstance(features, dict) else None
+        version, variant = choose_version(table, user, feats, rng=self._rng)
+        tag = arm_tag(table, user, feats, version, variant)
+        await self._proxy(scope, body, send, version, variant, label_response=True, tag=tag)
 
     async def _predict_batch(self, scope: Scope, body: bytes, send: Send) -> None:
         payload = _loads(body)
@@ -400,7 +409,7 @@ class RouterApp:
         url = route.url + scope["path"]
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
-        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
+        headers = [(k, v) for k, v in scope["headers"] if k not in _FROM_ROUTER]
         headers.append((b"x-mlops-version", version.encode()))
         if extra_headers:
             headers.extend(extra_headers)
@@ -417,12 +426,14 @@ class RouterApp:
         raise exc
 
     async def _proxy(self, scope: Scope, body: bytes, send: Send, version: str, variant: str, *,
-                     label_response: bool = False, count: bool = True) -> None:
+                     label_response: bool = False, count: bool = True, tag: str | None = None) -> None:
         started = self._clock()
         experiment = self.table.experiment
         extra = [(b"x-mlops-variant", variant.encode())]
         if experiment is not None:
             extra.append((b"x-mlops-experiment", experiment.name.encode()))
+        if tag is not None:
+            extra.append((ARM_HEADER.encode(), tag.encode()))
         try:
             status, raw_headers, content = await self._forward(scope, body, version, extra)
         except httpx.HTTPError as exc:

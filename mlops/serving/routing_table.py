@@ -56,6 +56,7 @@ class ExperimentRoute(BaseModel):
     treatment_share: float = Field(ge=0.0, le=1.0)
     segment: dict[str, Any] | None = None
     paused: bool = False
+    phase: int = Field(default=0, ge=0, le=9999, description="ramp phase index: counts are kept per phase")
 
     @field_validator("segment")
     @classmethod
@@ -194,3 +195,27 @@ def choose_version(
         u = (rng or random).random()
     version = _weighted_pick(table, u)
     return version, ("stable" if version == table.stable_version else "weighted")
+
+
+def arm_tag(table: RoutingTable, user_key: str | None, features: dict[str, Any] | None, version: str,
+            variant: str) -> str | None:
+    """The ``X-MLOps-Arm`` tag for a request :func:`choose_version` sent to ``version`` as ``variant``,
+    or None when the request belongs to no arm: no running experiment, paused, no user key, or a
+    user outside the segment (served by control but counted in neither arm)."""
+    experiment = table.experiment
+    if experiment is None or experiment.paused or not user_key or variant not in ("control", "treatment"):
+        return None
+    if experiment.segment:
+        from mlops.core.segments import segment_matches
+
+        if not features or not segment_matches(experiment.segment, features):
+            return None
+    if version != (experiment.treatment if variant == "treatment" else experiment.control):
+        return None
+    from mlops.core.arm_tag import ArmTag, format_tag
+    from mlops.core.hll import user_hash
+
+    try:
+        return format_tag(ArmTag(experiment.name, experiment.phase, variant, user_hash(user_key)))
+    except ValueError:
+        return None  # an experiment name the tag cannot carry: counted in no arm rather than mislabelled

@@ -7,6 +7,9 @@ counts that add up across replicas (``mlops.serving.sidecar_metrics``) and expos
 - ``GET /metrics``: Prometheus text (scraped by Prometheus or directly by the operator's collector);
 - ``GET /summary``: the numbers computed from this sidecar's counts alone (``?version=`` for one
   version) -- handy for humans; the operator merges ``/metrics`` of all replicas instead;
+- ``GET /v1/arms``: per experiment-arm counts for a running ABExperiment (events tagged by the
+  router, see ``mlops.core.arm_tag``): counters, per-user sums and user sketches, with this
+  process's instance id so the operator detects restarts;
 - ``GET /healthz``: liveness/readiness.
 
 Keeping this out of the model server keeps the drift binning and the scrape work off the serving
@@ -16,6 +19,7 @@ process, and lets the server stay a thin, fast prediction loop.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import OrderedDict
 from typing import Any
 
@@ -25,11 +29,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from pydantic import ValidationError
 
+from mlops.core.arm_counts import table_to_list
 from mlops.serving.events import EVENTS_PATH, EventBatch
 from mlops.serving.sidecar_metrics import SidecarRecorder, SnapshotCollector, profile_binner, summarize
 
 logger = logging.getLogger(__name__)
 
+ARMS_PATH = "/v1/arms"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 # A server retries a batch within seconds; at one flush a second per replica this remembers hours.
 DEFAULT_BATCH_ID_MEMORY = 10_000
@@ -87,6 +93,7 @@ def create_sidecar_app(
     duplicates = Counter("mlops_sidecar_duplicate_batches", "Event batches ignored: their batch_id was already "
                          "applied (a retry after a lost response).", registry=registry)
     applied = RecentIds(batch_id_memory)
+    instance = uuid.uuid4().hex
 
     app = FastAPI(title="mlops sidecar", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.recorder = recorder
@@ -136,6 +143,13 @@ def create_sidecar_app(
         if version is not None:
             snapshot = snapshot.for_version(version)
         return _ORJSONResponse(summarize(snapshot, profile, baseline_accuracy))
+
+    @app.get(ARMS_PATH)
+    async def arms() -> Response:
+        """Per experiment-arm state (counters, per-user sums, user sketches) and this process's instance
+        id, so the operator can tell a restarted sidecar from one whose counts went on growing."""
+        return _ORJSONResponse({"instance": instance, "model": model_name,
+                                "arms": table_to_list(recorder.arms())})
 
     @app.get("/healthz")
     async def healthz() -> Response:

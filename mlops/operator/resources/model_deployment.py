@@ -53,6 +53,8 @@ class Observed:
     deployed_artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
     previous_stable: str | None = None
     experiment: dict[str, Any] | None = None
+    # a version an ABExperiment promoted (autoPromote) while this generation of the spec holds
+    promoted: str | None = None
     cluster_domain: str = "cluster.local"
 
 
@@ -463,6 +465,8 @@ def plan(cr: Mapping[str, Any], observed: Observed | None = None) -> Plan:
             version_objects.append(_version_hpa(cr, v))
 
     stable = spec["stableVersion"]
+    if observed.promoted is not None and observed.promoted in served:
+        stable = observed.promoted
     if stable not in served:
         stable = observed.previous_stable if observed.previous_stable in served else (served[0] if served else None)
     objects: list[dict[str, Any]] = [_service_account(cr)]

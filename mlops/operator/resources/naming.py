@@ -14,6 +14,8 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
+ABX_KIND = "ABExperiment"
+ABX_PLURAL = "abexperiments"
 FIELD_MANAGER = "mlops-operator"
 
 MANAGED_BY = "mlops-operator"
