@@ -98,9 +98,22 @@ def run(args: argparse.Namespace) -> int:
 
     from mlops.serving.app import build_server_from_options
     from mlops.serving.model_store import ModelLoadError
+    from mlops.serving.signing import KEY_ENV, KEY_FILE_ENV, SigningKeyError, configured_keys, new_key_text
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = _options(args)
+    try:
+        keys = configured_keys()
+    except SigningKeyError as exc:
+        raise UsageError(str(exc)) from exc
+    if keys is None and args.workers > 1:
+        # One key for every worker process (they inherit the environment), so an id signed by one
+        # worker verifies in all of them. Other processes (a router) still need the key configured.
+        os.environ[KEY_ENV] = new_key_text()
+        os.environ.pop(KEY_FILE_ENV, None)
+        logging.getLogger(__name__).warning(
+            "%s/%s not set: the %d workers share a random key generated now; set one to verify ids "
+            "across restarts and in the router", KEY_FILE_ENV, KEY_ENV, args.workers)
     if args.max_batch is not None:
         if args.max_batch < 0:
             raise UsageError("--max-batch must be >= 0")
@@ -113,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                     port=args.port, workers=args.workers, log_level=args.log_level, access_log=False)
         return 0
     try:
-        server = build_server_from_options(options)
+        server = build_server_from_options(options, prediction_key=keys)
     except (ModelLoadError, FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     server.run(host=args.host, port=args.port, log_level=args.log_level)

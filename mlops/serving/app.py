@@ -59,13 +59,15 @@ def ensure_experiment(server: ProductionModelServer, config: dict[str, Any]) -> 
         manager.start_experiment(name)
 
 
-def build_server_from_options(options: dict[str, Any]) -> ProductionModelServer:
+def build_server_from_options(options: dict[str, Any], **extra: Any) -> ProductionModelServer:
+    """``extra``: constructor options that do not travel as JSON (e.g. ``prediction_key``)."""
     server = create_production_server(
         options.get("model_name") or "model",
         enable_monitoring=options.get("enable_monitoring", True),
         enable_ab_testing=options.get("enable_ab_testing", True),
         sidecar_url=options.get("sidecar_url"),
         flush_interval=options.get("flush_interval", 1.0),
+        **extra,
     )
     for spec in options.get("versions", []):
         server.load_model_version(spec.get("version") or "", uri=spec["uri"], sha256=spec.get("sha256"),

@@ -4,22 +4,13 @@ The server answers a prediction first and ships what it saw afterwards, in batch
 ``POST /v1/events`` to the sidecar on localhost (see mlops.serving.sinks); the sidecar answers
 ``202 {"accepted": n}``. Both sides import these models so the shape is defined once.
 
-Also here: the process-wide prediction-id key (``MLOPS_PREDICTION_ID_KEY``), which the server signs
-ids with and the router verifies feedback with; both must share it.
+``prediction_id_key`` is kept for callers of the old API; the key's sources are in
+mlops.serving.signing.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import secrets
-import threading
-
 from pydantic import BaseModel, ConfigDict, Field
-
-from mlops.core.prediction_id import ENV_VAR, key_from_environ
-
-logger = logging.getLogger(__name__)
 
 Scalar = str | int | float | bool | None
 
@@ -67,22 +58,8 @@ class EventsAccepted(BaseModel):
 
 EVENTS_PATH = "/v1/events"
 
-_key_lock = threading.Lock()
-_process_key: bytes | None = None
-
-
 def prediction_id_key(environ: dict[str, str] | None = None) -> bytes:
-    """The key to sign/verify prediction ids with: ``MLOPS_PREDICTION_ID_KEY`` if set, otherwise one
-    random key per process (with a warning: ids then cannot be verified by another process)."""
-    configured = key_from_environ(dict(os.environ) if environ is None else environ)
-    if configured is not None:
-        return configured
-    global _process_key
-    with _key_lock:
-        if _process_key is None:
-            logger.warning(
-                "%s is not set: using a random per-process key; prediction ids signed here "
-                "cannot be verified by other replicas or the router", ENV_VAR,
-            )
-            _process_key = secrets.token_bytes(32)
-        return _process_key
+    """The key new prediction ids are signed with (see mlops.serving.signing)."""
+    from mlops.serving.signing import signing_keys
+
+    return signing_keys(environ).current

@@ -41,7 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from mlops.core.prediction_id import InvalidPredictionId, sign_prediction_id, verify_prediction_id
 from mlops.serving.batching import BatchMode, MicroBatcher
 from mlops.serving.errors import ApiError, error_response, install_error_handlers, validation_error
-from mlops.serving.events import FeedbackEvent, prediction_id_key
+from mlops.serving.events import FeedbackEvent
 from mlops.serving.model_store import FeatureError, LoadedModel, ModelLoadError, ModelMetadata, load_model
 from mlops.serving.schemas import (
     MAX_BODY_BYTES,
@@ -52,6 +52,7 @@ from mlops.serving.schemas import (
     PredictRequest,
     RollbackRequest,
 )
+from mlops.serving.signing import SigningKeys, signing_keys
 from mlops.serving.sinks import EventSink, MonitorSink, NullSink, PredictionRecord, Recorder, SidecarSink
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class ProductionModelServer:
         sidecar_url: str | None = None,
         sink: EventSink | None = None,
         admin_token: str | None = None,
-        prediction_key: bytes | None = None,
+        prediction_key: bytes | SigningKeys | None = None,
         registry: Any = None,
         clock: Callable[[], float] = time.time,
         flush_interval: float = 1.0,
@@ -128,7 +129,13 @@ class ProductionModelServer:
         self.feedback_count = 0
         self.max_body_bytes = max_body_bytes
         self._admin_token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
-        self._key = prediction_key or prediction_id_key()
+        if isinstance(prediction_key, SigningKeys):
+            self.signing_keys = prediction_key
+        elif prediction_key:
+            self.signing_keys = SigningKeys(bytes(prediction_key))
+        else:
+            self.signing_keys = signing_keys()
+        self._key = self.signing_keys.current
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(4)
         self.baseline: dict[str, Any] | None = None
@@ -441,7 +448,7 @@ class ProductionModelServer:
         ab_outcomes: list[tuple[str, str, Any]] = []
         for i, (prediction_id, true_label) in enumerate(items):
             try:
-                ref = verify_prediction_id(self._key, prediction_id)
+                ref = verify_prediction_id(self.signing_keys.verify_keys, prediction_id)
             except InvalidPredictionId as exc:
                 field = "prediction_id" if len(items) == 1 else f"feedback.{i}.prediction_id"
                 raise ApiError(400, "invalid_prediction_id", f"{exc}: feedback rejected", field) from exc
@@ -890,7 +897,9 @@ def app_from_env() -> FastAPI:
     from mlops.serving.app import build_server_from_options
 
     options = orjson.loads(os.environ["MLOPS_SERVE_OPTIONS"])
-    app = build_server_from_options(options).app
+    # Several worker processes: ids signed by one must verify in the others, so a shared key is required.
+    keys = signing_keys(required_by="a multi-worker model server")
+    app = build_server_from_options(options, prediction_key=keys).app
     freeze_startup_heap()
     return app
 

@@ -145,7 +145,7 @@ class RouterApp:
         self,
         table_path: str | Path,
         *,
-        key: bytes,
+        key: bytes | tuple[bytes, ...],
         registry: CollectorRegistry | None = None,
         settings: RouterSettings | None = None,
         rng: random.Random | None = None,
@@ -213,6 +213,23 @@ class RouterApp:
         if path == "/routing" and method == "GET":
             await _respond(send, 200, self.table.to_json().encode(), _JSON)
             return
+        started = False
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._http(scope, receive, tracked_send)
+        except Exception:
+            # Never a plain-text 500 from the server underneath: a JSON error like every other answer.
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await _error(send, 500, "internal router error; see the router log")
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method, path = scope["method"], scope["path"]
         body = await _read_body(receive, self.settings.max_body_bytes)
         if body is None:
             await _error(send, 413, f"request body larger than {self.settings.max_body_bytes} bytes")
@@ -514,7 +531,7 @@ async def _error(send: Send, status: int, message: str, **extra: Any) -> None:
     await _respond(send, status, orjson.dumps({"error": message, **extra}), _JSON)
 
 
-def run_router(table_path: str, host: str, port: int, *, key: bytes, settings: RouterSettings | None = None) -> None:
+def run_router(table_path: str, host: str, port: int, *, key: bytes | tuple[bytes, ...], settings: RouterSettings | None = None) -> None:
     """Serve the router with uvicorn until SIGTERM/SIGINT."""
     import uvicorn
 
