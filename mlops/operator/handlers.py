@@ -29,6 +29,7 @@ from mlops.operator.metrics import OperatorMetrics
 from mlops.operator.resources import naming as n
 from mlops.operator.resources.model_deployment import Observed, plan
 from mlops.operator.resources.spec import InvalidSpec, normalize_spec
+from mlops.operator.signing_key import ensure_signing_key
 
 log = logging.getLogger("mlops.operator")
 Key = tuple[str, str]  # (namespace, name)
@@ -167,6 +168,9 @@ class Controller:
             return "Failed"
         deployments = {o["metadata"]["name"]: o for o in owned if o["kind"] == "Deployment"}
         if full:
+            if ensure_signing_key(self.kube, cr) == "conflict":
+                self._event(cr, "Warning", "ResourceConflict", f"Secret {n.signing_key_secret_name(name)} exists "
+                            "and is not owned by this ModelDeployment; prediction ids cannot be verified")
             for obj in the_plan.objects:
                 applied = self.kube.apply(obj)
                 self.metrics.applied.labels(obj["kind"]).inc()

@@ -23,6 +23,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "ReplicaSet": ("/apis/apps/v1", "replicasets"),
     "Service": ("/api/v1", "services"),
     "ConfigMap": ("/api/v1", "configmaps"),
+    "Secret": ("/api/v1", "secrets"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
@@ -119,6 +120,10 @@ class Kube:
             query={"fieldManager": self.field_manager, "force": "true"},
             content_type="application/apply-patch+yaml",
         )
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a new object; KubeError 409 when it already exists (never overwrites)."""
+        return self._call("POST", _path(obj["kind"], obj["metadata"]["namespace"]), body=dict(obj))
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlops.operator.resources import naming as n
+from mlops.operator.resources.signing_key import signing_key_env, signing_key_mount, signing_key_volume
 from mlops.operator.resources.spec import InvalidSpec, normalize_spec
 from mlops.serving.routing_table import ExperimentRoute, RoutingTable, VersionRoute
 
@@ -155,6 +156,7 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
         {"name": "MLOPS_HOME", "value": "/var/lib/mlops"},
         {"name": "MLOPS_MODEL_NAME", "value": spec["modelName"]},
         {"name": "MLOPS_MODEL_VERSION", "value": vname},
+        *signing_key_env(),
     ]
     if spec["featureSchema"]:
         env.append({"name": "MLOPS_FEATURE_SCHEMA", "value": json.dumps(spec["featureSchema"], sort_keys=True)})
@@ -181,6 +183,7 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
         {"name": "model", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "state", "emptyDir": {}},
+        signing_key_volume(name),
     ]
     monitor_mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "state", "mountPath": "/var/lib/mlops"}]
     ref = spec.get("baselineProfileRef")
@@ -209,6 +212,7 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
                 {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
                 {"name": "tmp", "mountPath": "/tmp"},
                 {"name": "state", "mountPath": "/var/lib/mlops"},
+                signing_key_mount(),
             ],
         },
         {
@@ -348,7 +352,7 @@ def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
                                 "--port", str(ROUTER_PORT),
                                 "--table", f"{ROUTING_DIR}/routing.json",
                             ],
-                            "env": [{"name": "MLOPS_HOME", "value": "/var/lib/mlops"}],
+                            "env": [{"name": "MLOPS_HOME", "value": "/var/lib/mlops"}, *signing_key_env()],
                             "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
                             "readinessProbe": {
                                 "httpGet": {"path": "/healthz", "port": "http"},
@@ -367,6 +371,7 @@ def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
                                 {"name": "routing", "mountPath": ROUTING_DIR, "readOnly": True},
                                 {"name": "tmp", "mountPath": "/tmp"},
                                 {"name": "state", "mountPath": "/var/lib/mlops"},
+                                signing_key_mount(),
                             ],
                         }
                     ],
@@ -374,6 +379,7 @@ def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
                         {"name": "routing", "configMap": {"name": cm_name}},
                         {"name": "tmp", "emptyDir": {}},
                         {"name": "state", "emptyDir": {}},
+                        signing_key_volume(name),
                     ],
                 },
             },
@@ -411,7 +417,8 @@ def plan(cr: Mapping[str, Any], observed: Observed | None = None) -> Plan:
     slugs: dict[str, str] = {}
     for v in spec["versions"]:
         slug = n.version_object_name(name, v["name"])
-        if slug in slugs.values() or slug == n.router_name(name) or slug == n.routing_configmap_name(name):
+        if slug in slugs.values() or slug in (n.router_name(name), n.routing_configmap_name(name),
+                                              n.signing_key_secret_name(name)):
             raise InvalidSpec(f"version {v['name']!r} maps to object name {slug!r}, which is already taken")
         slugs[v["name"]] = slug
 
