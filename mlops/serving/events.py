@@ -10,7 +10,12 @@ mlops.serving.signing.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_INT = 2**63 - 1
 
 Scalar = str | int | float | bool | None
 
@@ -38,6 +43,17 @@ class FeedbackEvent(BaseModel):
     true_label: str | int | float
     timestamp: float = Field(description="epoch seconds")
 
+    @field_validator("true_label")
+    @classmethod
+    def _finite_label(cls, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("true_label must be a finite number")
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise ValueError("true_label is an integer outside the 64-bit range")
+        if isinstance(value, str) and len(value) > 200:
+            raise ValueError("true_label is longer than 200 characters")
+        return value
+
 
 class EventBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,6 +66,16 @@ class EventBatch(BaseModel):
                     "retry after a lost response is not counted twice (optional: batches without one are "
                     "always applied)",
     )
+
+
+class EventEnvelope(BaseModel):
+    """The batch's shape only: events are then validated one by one (a bad one is dropped alone)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    predictions: list[Any] = Field(default_factory=list)
+    feedback: list[Any] = Field(default_factory=list)
+    batch_id: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class EventsAccepted(BaseModel):

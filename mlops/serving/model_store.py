@@ -206,6 +206,10 @@ class LoadedModel:
         self.has_proba = hasattr(estimator, "predict_proba")
         classes = getattr(estimator, "classes_", None)
         self.classes = [c.item() if hasattr(c, "item") else c for c in classes] if classes is not None else []
+        from mlops.serving.sidecar_metrics import label_str
+
+        # The spellings of the known labels (1, 1.0, "1" and True meet), to check feedback against.
+        self.label_index = frozenset(label_str(c) for c in self.classes)
         # sklearn warns when a DataFrame-fitted estimator receives a bare array; feature order is
         # guaranteed by the schema, so hand it arrays with the same column names off the hot path.
         self._fitted_on_frame = getattr(estimator, "feature_names_in_", None) is not None

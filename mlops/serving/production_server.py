@@ -21,10 +21,12 @@ from __future__ import annotations
 import hmac
 import itertools
 import logging
+import math
 import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -45,6 +47,7 @@ from mlops.serving.events import FeedbackEvent
 from mlops.serving.model_store import FeatureError, LoadedModel, ModelLoadError, ModelMetadata, load_model
 from mlops.serving.schemas import (
     MAX_BODY_BYTES,
+    MAX_NAME,
     REQUEST_MODELS,
     BatchPredictRequest,
     FeedbackRequest,
@@ -52,6 +55,7 @@ from mlops.serving.schemas import (
     PredictRequest,
     RollbackRequest,
 )
+from mlops.serving.sidecar_metrics import label_str
 from mlops.serving.signing import SigningKeys, signing_keys
 from mlops.serving.sinks import EventSink, MonitorSink, NullSink, PredictionRecord, Recorder, SidecarSink
 
@@ -64,6 +68,7 @@ BATCH_MODE_ENV = "MLOPS_SERVE_BATCH_MODE"
 DEFAULT_MAX_BATCH = 64
 DEFAULT_BATCH_MODE = "inline"
 _JSON = "application/json"
+MAX_LABEL_INT = 2**53
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -112,6 +117,7 @@ class ProductionModelServer:
         max_batch: int | None = None,
         batch_mode: BatchMode | None = None,
         fast_path: bool = True,
+        feedback_ledger: Any = "auto",
     ) -> None:
         self.model_name = model_name
         self.enable_monitoring = enable_monitoring
@@ -127,6 +133,11 @@ class ProductionModelServer:
         self.error_count = 0
         self.predictions_by_version: dict[str, int] = {}
         self.feedback_count = 0
+        self.feedback_duplicates = 0
+        self.feedback_rejected = 0
+        self._seen_feedback: OrderedDict[str, None] = OrderedDict()
+        self._seen_lock = threading.Lock()
+        self.degraded: dict[str, str] = {}
         self.max_body_bytes = max_body_bytes
         self._admin_token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
         if isinstance(prediction_key, SigningKeys):
@@ -139,6 +150,19 @@ class ProductionModelServer:
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(4)
         self.baseline: dict[str, Any] | None = None
+
+        # Durable first-label-wins per prediction id ($MLOPS_HOME/<model>/feedback.db); None: in memory only.
+        self.feedback_ledger = None
+        if feedback_ledger == "auto":
+            try:
+                from mlops.store.feedback_store import FeedbackLedger
+                from mlops.store.sqlite import model_dir
+
+                self.feedback_ledger = FeedbackLedger(model_dir(model_name) / "feedback.db")
+            except Exception as exc:  # noqa: BLE001 - no durable ledger: degraded, feedback deduped in memory
+                self._degrade("feedback_ledger", f"cannot open the feedback ledger: {type(exc).__name__}: {exc}")
+        elif feedback_ledger is not None:
+            self.feedback_ledger = feedback_ledger
 
         self.monitor = None
         if enable_monitoring and sidecar_url is None and sink is None:
@@ -173,6 +197,12 @@ class ProductionModelServer:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(_ServerCollector(self))
         self.app = self._build_app()
+
+    def _degrade(self, component: str, reason: str) -> None:
+        """Keep serving, but say so: /health reports ``degraded`` with the reason."""
+        if self.degraded.get(component) != reason:
+            logger.error("degraded (%s): %s", component, reason)
+        self.degraded[component] = reason
 
     # ----------------------------------------------------------------- engines
     def _create_monitor(self) -> Any:
@@ -442,28 +472,89 @@ class ProductionModelServer:
         except ApiError as exc:
             raise ValueError(exc.message) from exc
 
-    def record_feedback(self, items: list[tuple[str, Any]]) -> dict[str, Any]:
-        """Verify each prediction id, queue a feedback event, and join A/B outcomes."""
-        events: list[FeedbackEvent] = []
-        ab_outcomes: list[tuple[str, str, Any]] = []
-        for i, (prediction_id, true_label) in enumerate(items):
+    def record_feedback(self, items: list[tuple[str, Any]], fields: list[str] | None = None) -> dict[str, Any]:
+        """Validate each item on its own (signed id, finite label the model knows), record the good
+        ones once per prediction id (the first label wins; later ones are counted as duplicates),
+        join A/B outcomes. Returns ``{"accepted", "duplicates", "experiment_outcomes", "rejected"}``;
+        ``rejected`` lists ``{"field", "error", "message", "status"}`` per refused item."""
+        fields = fields or (["prediction_id"] if len(items) == 1 else [f"feedback.{i}" for i in range(len(items))])
+        good: list[tuple[str, Any, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        for (prediction_id, true_label), field in zip(items, fields, strict=True):
+            id_field = field if field.endswith("prediction_id") else f"{field}.prediction_id"
             try:
                 ref = verify_prediction_id(self.signing_keys.verify_keys, prediction_id)
             except InvalidPredictionId as exc:
-                field = "prediction_id" if len(items) == 1 else f"feedback.{i}.prediction_id"
-                raise ApiError(400, "invalid_prediction_id", f"{exc}: feedback rejected", field) from exc
+                rejected.append({"status": 400, "error": "invalid_prediction_id", "field": id_field,
+                                 "message": f"{exc}: feedback rejected"})
+                continue
+            problem = self._label_problem(true_label, ref.version)
+            if problem:
+                label_field = id_field.rsplit(".", 1)[0] + ".true_label" if "." in id_field else "true_label"
+                rejected.append({"status": 422, "error": "invalid_label", "field": label_field, "message": problem})
+                continue
+            good.append((prediction_id, true_label, ref))
+        fresh = self._claim_feedback([(pid, label) for pid, label, _ in good])
+        events: list[FeedbackEvent] = []
+        ab_outcomes: list[tuple[str, str, Any]] = []
+        duplicates = 0
+        now = self.clock()
+        for (prediction_id, true_label, ref), first in zip(good, fresh, strict=True):
+            if not first:
+                duplicates += 1
+                continue
             events.append(FeedbackEvent(prediction_id=prediction_id, model_version=ref.version,
-                                        prediction=ref.prediction, true_label=true_label, timestamp=self.clock()))
+                                        prediction=ref.prediction, true_label=true_label, timestamp=now))
             ab_id, sep, experiment = ref.nonce.partition("|")
             if sep and experiment:
                 ab_outcomes.append((experiment, ab_id, true_label))
-        accepted = self.recorder.record_feedback(events)
+        accepted = self.recorder.record_feedback(events) if events else 0
         self.feedback_count += accepted
+        self.feedback_duplicates += duplicates
+        self.feedback_rejected += len(rejected)
         joined = 0
         if self.ab_manager is not None:
             for experiment, ab_id, label in ab_outcomes:
                 joined += self._join_ab_outcome(experiment, ab_id, label)
-        return {"accepted": accepted, "experiment_outcomes": joined}
+        return {"accepted": accepted, "duplicates": duplicates, "experiment_outcomes": joined, "rejected": rejected}
+
+    def _label_problem(self, label: Any, version: str) -> str | None:
+        """Why ``label`` cannot be a true outcome for ``version`` (None when it can)."""
+        if isinstance(label, float) and not math.isfinite(label):
+            return f"true_label must be a finite number, got {label}"
+        if isinstance(label, int) and not isinstance(label, bool) and abs(label) > MAX_LABEL_INT:
+            return "true_label is an integer out of range (|x| < 2**53)"
+        if isinstance(label, str) and len(label) > MAX_NAME:
+            return f"true_label is longer than {MAX_NAME} characters"
+        model = self.models.get(version) or self.models.get(self.current_model_version or "")
+        if model is not None and model.classes:
+            known = model.label_index
+            if label_str(label) not in known:
+                shown = ", ".join(repr(c) for c in model.classes[:20])
+                return f"true_label {str(label)[:40]!r} is not a label the model knows ({shown})"
+        return None
+
+    def _claim_feedback(self, items: list[tuple[str, Any]]) -> list[bool]:
+        """First-label-wins per prediction id: durably in the ledger, else (no ledger, or the disk
+        refuses the write) in a bounded in-memory set, so a replay is never counted twice here."""
+        if not items:
+            return []
+        pairs = [(pid, label_str(label)) for pid, label in items]
+        if self.feedback_ledger is not None:
+            try:
+                return self.feedback_ledger.claim(pairs, self.clock())
+            except Exception as exc:  # noqa: BLE001 - a full or read-only disk must not fail feedback
+                self._degrade("feedback_ledger", f"feedback ledger write failed: {type(exc).__name__}: {exc}")
+        out = []
+        with self._seen_lock:
+            for pid, _ in pairs:
+                first = pid not in self._seen_feedback
+                if first:
+                    self._seen_feedback[pid] = None
+                    if len(self._seen_feedback) > 200_000:
+                        self._seen_feedback.popitem(last=False)
+                out.append(first)
+        return out
 
     def _join_ab_outcome(self, experiment: str, ab_id: str, label: Any) -> int:
         try:
@@ -475,8 +566,10 @@ class ProductionModelServer:
     # ----------------------------------------------------------------- status
     def health(self) -> tuple[int, dict[str, Any]]:
         ready = self.current_model_version is not None and self.current_model_version in self.models
+        degraded = self.degradation()
         body = {
-            "status": "healthy" if ready else "unavailable",
+            "status": ("degraded" if degraded else "healthy") if ready else "unavailable",
+            "degraded_reasons": degraded,
             "model_name": self.model_name,
             "current_model_version": self.current_model_version,
             "uptime_seconds": round(self.clock() - self.started_at, 3),
@@ -485,6 +578,15 @@ class ProductionModelServer:
             "models_loaded": sorted(self.models),
         }
         return (200 if ready else 503), body
+
+    def degradation(self) -> list[str]:
+        """Why the server is degraded (it keeps serving): failing monitoring writes, a lost ledger."""
+        reasons = [f"{k}: {v}" for k, v in sorted(self.degraded.items())]
+        r = self.recorder
+        if r.sink_error is not None:
+            reasons.append(f"monitoring: {r.sink_error} ({r.retry_buffered} record(s) waiting for a retry, "
+                           f"{r.failed_total} lost)")
+        return reasons
 
     def monitoring_status(self, hours: float = 24) -> dict[str, Any]:
         body: dict[str, Any] = {"model_name": self.model_name, "period_hours": hours,
@@ -512,6 +614,8 @@ class ProductionModelServer:
         if self.batcher is not None:
             self.batcher.close()
         self.recorder.close()
+        if self.feedback_ledger is not None:
+            self.feedback_ledger.close()
         logger.info("monitoring drained: %s", self.recording_stats())
 
     # ----------------------------------------------------------------- HTTP
@@ -691,7 +795,17 @@ class ProductionModelServer:
             if not items:
                 raise ApiError(422, "validation_error", "give prediction_id and true_label, or feedback",
                                "prediction_id")
-            result = await run_in_threadpool(server.record_feedback, items)
+            fields = [f"feedback.{i}" for i in range(len(req.feedback or []))]
+            if req.prediction_id is not None:
+                fields.insert(0, "prediction_id")
+            result = await run_in_threadpool(server.record_feedback, items, fields)
+            if result["rejected"]:
+                # Good items were recorded; the refused ones are named (the first one in error/field).
+                first = result["rejected"][0]
+                n_bad = len(result["rejected"])
+                message = first["message"] + (f" (and {n_bad - 1} more refused item(s))" if n_bad > 1 else "")
+                return _json({"error": first["error"], "message": message, "field": first["field"], **result},
+                             first["status"])
             return _json(result, 202)
 
         @app.get("/monitoring/status")
@@ -856,6 +970,10 @@ class _ServerCollector:
         yield CounterMetricFamily("mlops_server_requests", "Prediction requests received", value=s.request_count)
         yield CounterMetricFamily("mlops_server_request_errors", "Prediction requests refused", value=s.error_count)
         yield CounterMetricFamily("mlops_server_feedback", "Feedback events accepted", value=s.feedback_count)
+        yield CounterMetricFamily("mlops_server_feedback_duplicates", "Feedback for an already labelled prediction "
+                                  "id (ignored: the first label wins)", value=s.feedback_duplicates)
+        yield CounterMetricFamily("mlops_server_feedback_rejected", "Feedback items refused (bad id or label)",
+                                  value=s.feedback_rejected)
         r = s.recorder
         yield CounterMetricFamily("mlops_monitoring_records_dropped", "Monitoring records dropped (queue full)",
                                   value=r.dropped_total)

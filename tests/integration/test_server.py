@@ -62,7 +62,7 @@ def test_health_is_503_until_a_model_is_loaded(artifacts):
         body = c.get("/health").json()
         assert body["status"] == "healthy" and body["current_model_version"] == "v1"
         assert set(body) == {"status", "model_name", "current_model_version", "uptime_seconds", "request_count",
-                             "error_count", "models_loaded"}
+                             "error_count", "models_loaded", "degraded_reasons"}
 
 
 def test_predict_returns_signed_id_and_is_recorded(server, client):
@@ -170,9 +170,10 @@ def test_feedback_verifies_ids(client, server):
     forged = sign_prediction_id(b"other key", "v1", "1", "n")
     bad = client.post("/feedback", json={"prediction_id": forged, "true_label": 1})
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_prediction_id"
+    # Replays of an id already labelled: the first label wins, the rest are counted as duplicates.
     many = client.post("/feedback", json={"feedback": [{"prediction_id": pid, "true_label": 0}] * 3})
-    assert many.json()["accepted"] == 3
-    assert server.feedback_count == 4
+    assert many.status_code == 202 and many.json()["accepted"] == 0 and many.json()["duplicates"] == 3
+    assert server.feedback_count == 1 and server.feedback_duplicates == 3
 
 
 def test_metrics_exposition(client):

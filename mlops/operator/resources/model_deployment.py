@@ -176,6 +176,7 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
         "--host", "0.0.0.0",
         "--port", str(SIDECAR_PORT),
         "--model-name", spec["modelName"],
+        "--feedback-ledger", "/var/lib/mlops/feedback-ledger.db",
     ]
     if spec["monitoring"].get("baselineAccuracy") is not None:
         sidecar_args += ["--baseline-accuracy", str(spec["monitoring"]["baselineAccuracy"])]
