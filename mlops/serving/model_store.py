@@ -32,6 +32,7 @@ ModelFormat = Literal["skops", "joblib"]
 SAFE_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.")
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_EXACT_INT = 2**63
 
 
 class ModelLoadError(Exception):
@@ -225,13 +226,20 @@ class LoadedModel:
             if value is None:
                 continue
             if name in self.categorical:
+                if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_EXACT_INT:
+                    raise FeatureError(name, f"feature {name!r} is an integer too large to be a category")
                 row[i] = str(value)
             else:
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise FeatureError(name, f"feature {name!r} must be a number, got {type(value).__name__}")
-                if not math.isfinite(value):
-                    raise FeatureError(name, f"feature {name!r} must be a finite number")
-                row[i] = float(value)
+                try:
+                    number = float(value)  # an integer beyond ~1.8e308 overflows here
+                except OverflowError:
+                    raise FeatureError(name, f"feature {name!r} is out of range (a finite number within "
+                                             "+-1.8e308)") from None
+                if not math.isfinite(number):
+                    raise FeatureError(name, f"feature {name!r} must be a finite number within +-1.8e308")
+                row[i] = number
         missing = [n for n in self.names if n in self.required and features.get(n) is None]
         if missing:
             raise FeatureError(missing[0], f"missing required feature(s): {', '.join(missing)}")

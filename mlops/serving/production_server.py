@@ -58,6 +58,7 @@ from mlops.serving.schemas import (
 from mlops.serving.sidecar_metrics import label_str
 from mlops.serving.signing import SigningKeys, signing_keys
 from mlops.serving.sinks import EventSink, MonitorSink, NullSink, PredictionRecord, Recorder, SidecarSink
+from mlops.store.ab_store import PredictionRecord as ABRecord
 
 logger = logging.getLogger(__name__)
 
@@ -77,21 +78,6 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class _RowModel:
-    """Adapter handed to ``ABTestingManager.make_prediction``: whatever X it receives, it predicts
-    the request's row in the model's own feature order (the original ordered features two ways)."""
-
-    def __init__(self, model: LoadedModel, row: list[Any]) -> None:
-        self.model = model
-        self.row = row
-        self.confidence: float | None = None
-
-    def predict(self, x: Any) -> list[Any]:
-        labels, confidence = self.model.predict([self.row])
-        self.confidence = confidence[0]
-        return labels
 
 
 class ProductionModelServer:
@@ -118,6 +104,7 @@ class ProductionModelServer:
         batch_mode: BatchMode | None = None,
         fast_path: bool = True,
         feedback_ledger: Any = "auto",
+        ab_state_ttl: float = 1.0,
     ) -> None:
         self.model_name = model_name
         self.enable_monitoring = enable_monitoring
@@ -182,6 +169,10 @@ class ProductionModelServer:
                 sink = NullSink()
         self.sink = sink
         self.recorder = Recorder(sink, capacity=queue_capacity, flush_interval=flush_interval)
+        # Experiment predictions are stored by their own group-commit thread, never on the request path.
+        self.ab_state_ttl = ab_state_ttl
+        self.ab_recorder = Recorder(_ABStoreSink(self.ab_manager) if self.ab_manager is not None else NullSink(),
+                                    capacity=queue_capacity, flush_interval=flush_interval)
         self._closed = False
         max_batch = max_batch if max_batch is not None else int(os.environ.get(MAX_BATCH_ENV, DEFAULT_MAX_BATCH))
         mode = batch_mode or os.environ.get(BATCH_MODE_ENV) or DEFAULT_BATCH_MODE
@@ -366,69 +357,73 @@ class ProductionModelServer:
             raise ApiError(503, "no_model", "no model version is loaded yet")
         return model
 
-    def _experiment_predict(
-        self, name: str, user_id: str | None, features: dict, row_for: Callable, ab_id: str
-    ) -> dict:
+    def _ab_choice(self, name: str, user_id: str | None, features: dict) -> tuple[LoadedModel, dict[str, Any]]:
+        """The loaded version that serves ``user_id`` in experiment ``name`` (sticky salted hash; the
+        experiment's state is re-read at most every ``ab_state_ttl`` seconds, never per request)."""
         if self.ab_manager is None:
             raise ApiError(404, "unknown_experiment", "A/B testing is disabled on this server", "experiment_name")
         if not user_id:
             raise ApiError(422, "validation_error", "user_id is required with experiment_name", "user_id")
-        adapters = {}
-        for version, model in list(self.models.items()):
-            adapters[version] = _RowModel(model, row_for(model))
         try:
-            result = self.ab_manager.make_prediction(
-                experiment_name=name, user_id=user_id, features=features, models=adapters, prediction_id=ab_id
-            )
+            plan = self.ab_manager.assign(name, user_id, features, max_age=self.ab_state_ttl)
         except KeyError as exc:
             raise ApiError(404, "unknown_experiment", f"unknown experiment {name!r}", "experiment_name") from exc
         except ValueError as exc:
             if "does not exist" in str(exc):
                 raise ApiError(404, "unknown_experiment", f"unknown experiment {name!r}", "experiment_name") from exc
             raise ApiError(409, "experiment_unavailable", f"experiment {name!r}: {exc}", "experiment_name") from exc
-        version = str(result.get("model_version"))
-        adapter = adapters.get(version)
-        prediction = result.get("prediction")
-        if hasattr(prediction, "item"):
-            prediction = prediction.item()
-        return {
-            "prediction": prediction,
-            "model_version": version,
-            "variant": result.get("variant"),
-            "confidence": adapter.confidence if adapter else None,
-            "ab_prediction_id": str(result.get("prediction_id") or ab_id),
-        }
+        model = self.models.get(str(plan["model_version"]))
+        if model is None:
+            raise ApiError(409, "experiment_unavailable", f"experiment {name!r} assigns version "
+                           f"{plan['model_version']!r}, which is not loaded here", "experiment_name")
+        return model, plan
+
+    def _ab_result(self, name: str, user_id: str, model: LoadedModel, plan: dict[str, Any], label: Any,
+                   confidence: float | None, latency_seconds: float, now: float) -> dict[str, Any]:
+        """Sign the answer and queue the experiment's record (written by the A/B recorder's thread)."""
+        ab_id = self._nonce()
+        self.ab_recorder.record(ABRecord(ab_id, name, str(user_id), plan["variant"], bool(plan["counted"]),
+                                         model.version, label, latency_seconds * 1000.0, now, float(plan["share"])))
+        return {"prediction": label, "model_version": model.version, "variant": plan["variant"], "user_id": user_id,
+                "confidence": confidence, "prediction_id": self._new_id(model.version, label, f"{ab_id}|{name}")}
 
     def _predict_rows(
-        self, feature_rows: list[dict], user_ids: list[str | None], experiment: str | None
+        self, feature_rows: list[dict], user_ids: list[str | None], experiment: str | None, batch: bool = False
     ) -> list[dict[str, Any]]:
-        """Predict, sign ids, queue monitoring records; raises ApiError for bad rows."""
+        """Predict, sign ids, queue monitoring records; raises ApiError for bad rows (the field is
+        ``features.<name>``, or ``batch_features.<row>.<name>`` when ``batch``)."""
         start = time.perf_counter()
         now = self.clock()
         out: list[dict[str, Any]] = []
+
+        def where(i: int, feature: str) -> str:
+            return f"batch_features.{i}.{feature}" if batch else f"features.{feature}"
+
         if experiment is None:
             model = self._model()
-            try:
-                rows = [model.row(f) for f in feature_rows]
-            except FeatureError as exc:
-                raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
+            rows = []
+            for i, f in enumerate(feature_rows):
+                try:
+                    rows.append(model.row(f))
+                except FeatureError as exc:
+                    raise ApiError(422, "invalid_feature", str(exc), where(i, exc.field)) from exc
             labels, confidence = model.predict(rows)
             for i, label in enumerate(labels):
                 out.append(self._result(model.version, label, confidence[i], user_ids[i]))
         else:
             self._model()
-            for features, user_id in zip(feature_rows, user_ids, strict=True):
-                def row_for(m: LoadedModel, f: dict = features) -> list[Any]:
-                    try:
-                        return m.row(f)
-                    except FeatureError as exc:
-                        raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
-
-                r = self._experiment_predict(experiment, user_id, features, row_for, self._nonce())
-                r["user_id"] = user_id
-                nonce = f"{r.pop('ab_prediction_id')}|{experiment}"
-                r["prediction_id"] = self._new_id(r["model_version"], r["prediction"], nonce)
-                out.append(r)
+            chosen = []
+            for i, (features, user_id) in enumerate(zip(feature_rows, user_ids, strict=True)):
+                model, plan = self._ab_choice(experiment, user_id, features)
+                try:
+                    chosen.append((model, plan, model.row(features), user_id))
+                except FeatureError as exc:
+                    raise ApiError(422, "invalid_feature", str(exc), where(i, exc.field)) from exc
+            for model, plan, row, user_id in chosen:
+                t0 = time.perf_counter()
+                labels, confidence = model.predict([row])
+                out.append(self._ab_result(experiment, user_id, model, plan, labels[0], confidence[0],
+                                           time.perf_counter() - t0, now))
         latency = (time.perf_counter() - start) / max(1, len(out))
         for features, r in zip(feature_rows, out, strict=True):
             self._count_and_record(r, features, now, latency)
@@ -513,7 +508,8 @@ class ProductionModelServer:
         self.feedback_duplicates += duplicates
         self.feedback_rejected += len(rejected)
         joined = 0
-        if self.ab_manager is not None:
+        if self.ab_manager is not None and ab_outcomes:
+            self.ab_recorder.flush()  # the predictions being labelled may still be queued
             for experiment, ab_id, label in ab_outcomes:
                 joined += self._join_ab_outcome(experiment, ab_id, label)
         return {"accepted": accepted, "duplicates": duplicates, "experiment_outcomes": joined, "rejected": rejected}
@@ -582,10 +578,10 @@ class ProductionModelServer:
     def degradation(self) -> list[str]:
         """Why the server is degraded (it keeps serving): failing monitoring writes, a lost ledger."""
         reasons = [f"{k}: {v}" for k, v in sorted(self.degraded.items())]
-        r = self.recorder
-        if r.sink_error is not None:
-            reasons.append(f"monitoring: {r.sink_error} ({r.retry_buffered} record(s) waiting for a retry, "
-                           f"{r.failed_total} lost)")
+        for what, r in (("monitoring", self.recorder), ("experiments", self.ab_recorder)):
+            if r.sink_error is not None:
+                reasons.append(f"{what}: {r.sink_error} ({r.retry_buffered} record(s) waiting for a retry, "
+                               f"{r.failed_total} lost)")
         return reasons
 
     def monitoring_status(self, hours: float = 24) -> dict[str, Any]:
@@ -603,8 +599,13 @@ class ProductionModelServer:
 
     def recording_stats(self) -> dict[str, Any]:
         r = self.recorder
+        ab = self.ab_recorder
         return {"sink": type(self.sink).__name__, "queued": r.queued, "recorded": r.recorded_total,
-                "written": r.written_total, "dropped": r.dropped_total, "failed": r.failed_total}
+                "written": r.written_total, "dropped": r.dropped_total, "failed": r.failed_total,
+                "invalid": r.invalid_total, "retry_buffered": r.retry_buffered, "sink_error": r.sink_error,
+                "experiments": {"queued": ab.queued, "recorded": ab.recorded_total, "written": ab.written_total,
+                                "dropped": ab.dropped_total, "failed": ab.failed_total,
+                                "retry_buffered": ab.retry_buffered, "sink_error": ab.sink_error}}
 
     def close(self) -> None:
         """Drain the monitoring queue and close the sink (called on shutdown, e.g. SIGTERM)."""
@@ -614,6 +615,7 @@ class ProductionModelServer:
         if self.batcher is not None:
             self.batcher.close()
         self.recorder.close()
+        self.ab_recorder.close()
         if self.feedback_ledger is not None:
             self.feedback_ledger.close()
         logger.info("monitoring drained: %s", self.recording_stats())
@@ -660,8 +662,7 @@ class ProductionModelServer:
         """One /predict request: experiments in a worker thread, plain ones through the micro-batcher."""
         try:
             if req.experiment_name is not None:
-                return (await run_in_threadpool(
-                    self._predict_rows, [req.features], [req.user_id], req.experiment_name))[0]
+                return await self._predict_experiment(req)
             if self.batcher is None:
                 if self.current_model_version in self._slow:
                     return (await run_in_threadpool(self._predict_rows, [req.features], [req.user_id], None))[0]
@@ -679,6 +680,31 @@ class ProductionModelServer:
         label, confidence = await self.batcher.predict(model, row)
         result = self._result(model.version, label, confidence, req.user_id)
         self._count_and_record(result, req.features, now, time.perf_counter() - start)
+        return result
+
+    async def _predict_experiment(self, req: PredictRequest) -> dict[str, Any]:
+        """The README's request: assignment from the cached experiment state, the prediction through
+        the same micro-batcher as plain requests, the experiment's record written off the request
+        path (group commit by the A/B recorder's thread)."""
+        name, user_id = req.experiment_name or "", req.user_id
+        model, plan = self._ab_choice(name, user_id, req.features)
+        try:
+            row = model.row(req.features)
+        except FeatureError as exc:
+            raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
+        start = time.perf_counter()
+        now = self.clock()
+        if self.batcher is not None:
+            label, confidence = await self.batcher.predict(model, row)
+        elif model.version in self._slow:
+            labels, conf = await run_in_threadpool(model.predict, [row])
+            label, confidence = labels[0], conf[0]
+        else:
+            labels, conf = model.predict([row])
+            label, confidence = labels[0], conf[0]
+        latency = time.perf_counter() - start
+        result = self._ab_result(name, user_id or "", model, plan, label, confidence, latency, now)
+        self._count_and_record(result, req.features, now, latency)
         return result
 
     async def _asgi_predict(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -771,7 +797,8 @@ class ProductionModelServer:
                                f"user_ids has {len(req.user_ids)} entries for {n} rows", "user_ids")
             ids = list(req.user_ids) if req.user_ids is not None else [None] * n
             try:
-                results = await run_in_threadpool(server._predict_rows, req.batch_features, ids, req.experiment_name)
+                results = await run_in_threadpool(server._predict_rows, req.batch_features, ids, req.experiment_name,
+                                                   True)
             except ApiError:
                 server.error_count += 1
                 raise
@@ -881,6 +908,22 @@ class ProductionModelServer:
             uvicorn.run(self.app, host=host, port=port, log_level=log_level, access_log=False)
         finally:
             self.close()
+
+
+class _ABStoreSink:
+    """Writes queued experiment predictions into the A/B store in one transaction per flush
+    (idempotent per prediction id, so a retried batch is never counted twice)."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+
+    def write(self, predictions: list[Any], feedback: list[Any], batch_key: str | None = None) -> int | None:
+        if predictions:
+            self.manager.record_served(predictions)
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 class _ServerApp(FastAPI):

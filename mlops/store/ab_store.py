@@ -191,23 +191,44 @@ class ABStore:
                 (rec.id, rec.experiment, rec.user_id, rec.variant, int(rec.counted), rec.model_version,
                  json.dumps(to_jsonable(rec.prediction)), rec.latency_ms, rec.created_at),
             )
-            if not rec.counted:
-                return
-            new_user = conn.execute(
-                "INSERT OR IGNORE INTO ab_exposures(experiment, user_id, variant, share, first_seen)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (rec.experiment, rec.user_id, rec.variant, rec.share, rec.created_at),
-            ).rowcount
+            self._count(conn, rec)
+
+    def record_predictions(self, records: Iterable[PredictionRecord]) -> int:
+        """Many predictions in one transaction (the model server's group commit). Idempotent: a
+        record whose id is already stored (a retried batch) is skipped. Returns how many were new."""
+        new = 0
+        with self.db.transaction() as conn:
+            for rec in records:
+                inserted = conn.execute(
+                    "INSERT OR IGNORE INTO ab_predictions(id, experiment, user_id, variant, counted, model_version,"
+                    " prediction, latency_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rec.id, rec.experiment, rec.user_id, rec.variant, int(rec.counted), rec.model_version,
+                     json.dumps(to_jsonable(rec.prediction)), rec.latency_ms, rec.created_at),
+                ).rowcount
+                if inserted:
+                    new += 1
+                    self._count(conn, rec)
+        return new
+
+    @staticmethod
+    def _count(conn: sqlite3.Connection, rec: PredictionRecord) -> None:
+        if not rec.counted:
+            return
+        new_user = conn.execute(
+            "INSERT OR IGNORE INTO ab_exposures(experiment, user_id, variant, share, first_seen)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (rec.experiment, rec.user_id, rec.variant, rec.share, rec.created_at),
+        ).rowcount
+        conn.execute(
+            "UPDATE ab_counters SET users = users + ?, predictions = predictions + 1,"
+            " latency_sum = latency_sum + ?, latency_sumsq = latency_sumsq + ?"
+            " WHERE experiment = ? AND variant = ?",
+            (new_user, rec.latency_ms, rec.latency_ms * rec.latency_ms, rec.experiment, rec.variant),
+        )
+        if new_user:
             conn.execute(
-                "UPDATE ab_counters SET users = users + ?, predictions = predictions + 1,"
-                " latency_sum = latency_sum + ?, latency_sumsq = latency_sumsq + ?"
-                " WHERE experiment = ? AND variant = ?",
-                (new_user, rec.latency_ms, rec.latency_ms * rec.latency_ms, rec.experiment, rec.variant),
+                "UPDATE ab_experiments SET share_sum = share_sum + ? WHERE name = ?", (rec.share, rec.experiment)
             )
-            if new_user:
-                conn.execute(
-                    "UPDATE ab_experiments SET share_sum = share_sum + ? WHERE name = ?", (rec.share, rec.experiment)
-                )
 
     def _label(self, conn: sqlite3.Connection, row: sqlite3.Row, true_label: Any, now: float) -> None:
         conn.execute(
