@@ -22,7 +22,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version", dest="model_version", action="append", default=[],
                    help="version name per --model-uri (default: from metadata.json)")
     p.add_argument("--format", choices=["skops", "joblib"], default=None,
-                   help="artifact format (default skops; joblib only together with --sha256)")
+                   help="artifact format (default skops; joblib only with --allow-unsafe-formats and --sha256)")
+    p.add_argument("--allow-unsafe-formats", action="store_true",
+                   help="accept pickle-based artifacts (joblib), which run arbitrary code when loaded; "
+                        "they must still be pinned with --sha256")
+    p.add_argument("--trust-type", action="append", default=[], metavar="NAME",
+                   help="also trust this exact type name in skops artifacts (repeatable)")
+    p.add_argument("--model-root", default=None,
+                   help="folder under which the admin API may load model files (default: $MLOPS_MODEL_ROOT; "
+                        "unset: the admin API loads http(s) artifacts only)")
     p.add_argument("--current", help="version to make current (default: the first loaded)")
     p.add_argument("--model-name", default=None, help="model name (default: from the artifact's metadata)")
     p.add_argument("--baseline-csv", help="baseline features CSV for in-process monitoring")
@@ -52,6 +60,8 @@ def _options(args: argparse.Namespace) -> dict:
         raise UsageError("give one --sha256 per --model-uri")
     if args.model_version and len(args.model_version) != len(args.model_uri):
         raise UsageError("give one --version per --model-uri")
+    if args.format == "joblib" and not args.allow_unsafe_formats:
+        raise UsageError("--format joblib runs arbitrary code when loaded: add --allow-unsafe-formats to accept it")
     if args.format == "joblib" and not args.sha256:
         raise UsageError("--format joblib needs --sha256 (pickle files are only loaded when pinned)")
     if args.workers < 1 or not 0 < args.port < 65536 or args.flush_interval <= 0:
@@ -76,7 +86,9 @@ def _options(args: argparse.Namespace) -> dict:
     if args.baseline_csv:
         options["baseline_csv"] = args.baseline_csv
     options.update(sidecar_url=args.sidecar_url, enable_monitoring=not args.no_monitoring,
-                   enable_ab_testing=not args.no_ab_testing, flush_interval=args.flush_interval)
+                   enable_ab_testing=not args.no_ab_testing, flush_interval=args.flush_interval,
+                   allow_unsafe_formats=args.allow_unsafe_formats, model_root=args.model_root,
+                   trusted_types=args.trust_type)
     return options
 
 

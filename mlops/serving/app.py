@@ -67,6 +67,9 @@ def build_server_from_options(options: dict[str, Any], **extra: Any) -> Producti
         enable_ab_testing=options.get("enable_ab_testing", True),
         sidecar_url=options.get("sidecar_url"),
         flush_interval=options.get("flush_interval", 1.0),
+        allow_unsafe_formats=options.get("allow_unsafe_formats", False),
+        model_root=options.get("model_root"),
+        trusted_types=options.get("trusted_types"),
         **extra,
     )
     for spec in options.get("versions", []):

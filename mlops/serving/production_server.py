@@ -63,6 +63,8 @@ from mlops.store.ab_store import PredictionRecord as ABRecord
 logger = logging.getLogger(__name__)
 
 ADMIN_TOKEN_ENV = "MLOPS_ADMIN_TOKEN"
+MODEL_ROOT_ENV = "MLOPS_MODEL_ROOT"
+MODEL_SUFFIXES = (".skops", ".joblib", ".pkl")
 THREAD_OFFLOAD_SECONDS = 0.002
 MAX_BATCH_ENV = "MLOPS_SERVE_MAX_BATCH"
 BATCH_MODE_ENV = "MLOPS_SERVE_BATCH_MODE"
@@ -105,6 +107,9 @@ class ProductionModelServer:
         fast_path: bool = True,
         feedback_ledger: Any = "auto",
         ab_state_ttl: float = 1.0,
+        allow_unsafe_formats: bool = False,
+        model_root: str | os.PathLike[str] | None = None,
+        trusted_types: list[str] | None = None,
     ) -> None:
         self.model_name = model_name
         self.enable_monitoring = enable_monitoring
@@ -126,6 +131,10 @@ class ProductionModelServer:
         self._seen_lock = threading.Lock()
         self.degraded: dict[str, str] = {}
         self.max_body_bytes = max_body_bytes
+        self.allow_unsafe_formats = allow_unsafe_formats
+        self.trusted_types = list(trusted_types or [])
+        root = model_root if model_root is not None else os.environ.get(MODEL_ROOT_ENV) or None
+        self.model_root = Path(root).resolve() if root else None
         self._admin_token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
         if isinstance(prediction_key, SigningKeys):
             self.signing_keys = prediction_key
@@ -247,7 +256,8 @@ class ProductionModelServer:
                 meta = meta.model_copy(update={"version": version})
             loaded = LoadedModel(model, meta)
         elif uri:
-            loaded = load_model(uri, sha256=sha256, fmt=format, version=version or None)  # type: ignore[arg-type]
+            loaded = load_model(uri, sha256=sha256, fmt=format, version=version or None,  # type: ignore[arg-type]
+                                extra_trusted=self.trusted_types, allow_unsafe=self.allow_unsafe_formats)
             version = loaded.version
         else:
             raise ValueError("load_model_version needs a uri or a model")
@@ -747,6 +757,26 @@ class ProductionModelServer:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._admin_token.encode()):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token")
 
+    def _check_admin_uri(self, uri: str) -> None:
+        """The admin API loads local model files only under the configured model root (never an
+        arbitrary path it would read and hash), and remote ones over http(s) only."""
+        from mlops.serving.model_store import _path_from_uri
+
+        path = _path_from_uri(uri)
+        if path is None:
+            scheme = uri.split(":", 1)[0].lower()
+            if scheme not in ("http", "https"):
+                raise ApiError(422, "model_refused", f"unsupported artifact URI scheme {scheme!r} (http, https, "
+                               "or a file under the model root)", "uri")
+            return
+        if self.model_root is None:
+            raise ApiError(403, "model_root_unset", f"loading local files through the admin API needs a model "
+                           f"root: start the server with --model-root (or {MODEL_ROOT_ENV})", "uri")
+        resolved = Path(os.path.realpath(path))
+        if not resolved.is_relative_to(self.model_root) or not resolved.name.endswith(MODEL_SUFFIXES):
+            raise ApiError(403, "path_refused", f"only model files ({', '.join(MODEL_SUFFIXES)}) under the model "
+                           "root can be loaded", "uri")
+
     def _build_app(self) -> FastAPI:
         server = self
 
@@ -866,6 +896,7 @@ class ProductionModelServer:
         async def admin_load(request: Request) -> Response:
             server._check_admin(request)
             req = await server._body(request, LoadModelRequest)
+            server._check_admin_uri(req.uri)
             try:
                 info = await run_in_threadpool(
                     lambda: server.load_model_version(req.version, uri=req.uri, sha256=req.sha256,

@@ -171,6 +171,8 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
         "--version", vname,
         "--sidecar-url", f"http://127.0.0.1:{SIDECAR_PORT}",
     ]
+    if fmt == "joblib":
+        serve_args.append("--allow-unsafe-formats")  # the spec chose a pickle format explicitly (pinned)
     sidecar_args = [
         "sidecar",
         "--host", "0.0.0.0",
