@@ -101,9 +101,30 @@ def _name_from_metadata(uri: str) -> str:
         return "model"
 
 
+def _check_home_writable() -> None:
+    """Durable state (monitoring, experiments, the feedback ledger) lives in $MLOPS_HOME: refuse to
+    start, with one line, when it cannot be written (a read-only mount, a full disk, no permission)."""
+    import os
+    import tempfile
+
+    from mlops.store.sqlite import mlops_home
+
+    home = mlops_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=home, prefix=".write-check-") as probe:
+            probe.write(b"ok")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise UsageError(f"MLOPS_HOME {home} is not writable: {exc.strerror or exc}; point MLOPS_HOME at a "
+                         "writable folder") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
     import os
+    import sqlite3
 
     import orjson
     import uvicorn
@@ -133,13 +154,15 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_mode is not None:
         os.environ["MLOPS_SERVE_BATCH_MODE"] = args.batch_mode
     if args.workers > 1:
+        _check_home_writable()
         os.environ["MLOPS_SERVE_OPTIONS"] = orjson.dumps(options).decode()
         uvicorn.run("mlops.serving.production_server:app_from_env", factory=True, host=args.host,
                     port=args.port, workers=args.workers, log_level=args.log_level, access_log=False)
         return 0
+    _check_home_writable()
     try:
         server = build_server_from_options(options, prediction_key=keys)
-    except (ModelLoadError, FileNotFoundError, ValueError) as exc:
-        raise UsageError(str(exc)) from exc
+    except (ModelLoadError, FileNotFoundError, ValueError, OSError, sqlite3.Error) as exc:
+        raise UsageError(f"cannot start the model server: {exc}") from exc
     server.run(host=args.host, port=args.port, log_level=args.log_level)
     return 0

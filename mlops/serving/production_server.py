@@ -548,7 +548,9 @@ class ProductionModelServer:
         pairs = [(pid, label_str(label)) for pid, label in items]
         if self.feedback_ledger is not None:
             try:
-                return self.feedback_ledger.claim(pairs, self.clock())
+                fresh = self.feedback_ledger.claim(pairs, self.clock())
+                self.degraded.pop("feedback_ledger", None)  # the disk took the write again
+                return fresh
             except Exception as exc:  # noqa: BLE001 - a full or read-only disk must not fail feedback
                 self._degrade("feedback_ledger", f"feedback ledger write failed: {type(exc).__name__}: {exc}")
         out = []
@@ -1056,6 +1058,14 @@ class _ServerCollector:
         yield CounterMetricFamily("mlops_monitoring_records_failed", "Monitoring records lost to sink errors",
                                   value=r.failed_total)
         yield GaugeMetricFamily("mlops_monitoring_queue_depth", "Monitoring records waiting", value=r.queued)
+        yield GaugeMetricFamily("mlops_monitoring_retry_buffered", "Monitoring records kept for a retry after the "
+                                "sink failed (disk full, read-only store, sidecar down)", value=r.retry_buffered)
+        yield CounterMetricFamily("mlops_monitoring_sink_failures", "Failed writes to the monitoring sink",
+                                  value=r.sink_failures_total)
+        yield CounterMetricFamily("mlops_monitoring_records_invalid", "Monitoring records dropped alone because "
+                                  "they were invalid (the rest of their batch was written)", value=r.invalid_total)
+        yield GaugeMetricFamily("mlops_server_degraded", "1 while the server serves but cannot record durably",
+                                value=1.0 if s.degradation() else 0.0)
         loaded = GaugeMetricFamily("mlops_server_model_loaded", "1 per loaded version; current=1 marks current",
                                    labels=["version", "current"])
         for version in sorted(s.models):
