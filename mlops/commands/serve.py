@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-mode", choices=["inline", "thread"], default=None,
                    help="run micro-batches on the event loop or in one dedicated thread "
                         "(default inline, or $MLOPS_SERVE_BATCH_MODE)")
+    p.add_argument("--header-timeout", type=float, default=None,
+                   help="seconds a client has to send a request's headers before the connection is closed "
+                        "(default 10, or $MLOPS_SERVE_HEADER_TIMEOUT)")
+    p.add_argument("--body-timeout", type=float, default=None,
+                   help="seconds a client has to send a request's body before it is answered 408 "
+                        "(default 30, or $MLOPS_SERVE_BODY_TIMEOUT)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
 
@@ -153,11 +159,20 @@ def run(args: argparse.Namespace) -> int:
         os.environ["MLOPS_SERVE_MAX_BATCH"] = str(args.max_batch)  # worker processes inherit it
     if args.batch_mode is not None:
         os.environ["MLOPS_SERVE_BATCH_MODE"] = args.batch_mode
+    for flag, value, env_name in (("--header-timeout", args.header_timeout, "MLOPS_SERVE_HEADER_TIMEOUT"),
+                                  ("--body-timeout", args.body_timeout, "MLOPS_SERVE_BODY_TIMEOUT")):
+        if value is not None:
+            if value <= 0:
+                raise UsageError(f"{flag} must be positive")
+            os.environ[env_name] = str(value)  # read by the protocol and the app, inherited by workers
     if args.workers > 1:
         _check_home_writable()
         os.environ["MLOPS_SERVE_OPTIONS"] = orjson.dumps(options).decode()
+        from mlops.serving.http_timeouts import HeaderTimeoutProtocol
+
         uvicorn.run("mlops.serving.production_server:app_from_env", factory=True, host=args.host,
-                    port=args.port, workers=args.workers, log_level=args.log_level, access_log=False)
+                    port=args.port, workers=args.workers, log_level=args.log_level, access_log=False,
+                    http=HeaderTimeoutProtocol)
         return 0
     _check_home_writable()
     try:

@@ -18,11 +18,13 @@ Why it exists: this is the process users hit on every prediction (``mlops serve`
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
 import logging
 import math
 import os
+import re
 import secrets
 import threading
 import time
@@ -44,6 +46,8 @@ from mlops.core.prediction_id import InvalidPredictionId, sign_prediction_id, ve
 from mlops.serving.batching import BatchMode, MicroBatcher
 from mlops.serving.errors import ApiError, error_response, install_error_handlers, validation_error
 from mlops.serving.events import FeedbackEvent
+from mlops.serving.http_timeouts import HeaderTimeoutProtocol, read_with_timeout
+from mlops.serving.http_timeouts import body_timeout as default_body_timeout
 from mlops.serving.model_store import FeatureError, LoadedModel, ModelLoadError, ModelMetadata, load_model
 from mlops.serving.schemas import (
     MAX_BODY_BYTES,
@@ -72,6 +76,10 @@ DEFAULT_MAX_BATCH = 64
 DEFAULT_BATCH_MODE = "inline"
 _JSON = "application/json"
 MAX_LABEL_INT = 2**53
+_ROUTES = frozenset({"/predict", "/predict/batch", "/feedback", "/health", "/ready", "/metrics", "/models",
+                     "/monitoring/status", "/admin/models", "/admin/rollback", "/openapi.json", "/docs"})
+_REASON = re.compile(r"[a-z_]{1,40}")
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -110,6 +118,7 @@ class ProductionModelServer:
         allow_unsafe_formats: bool = False,
         model_root: str | os.PathLike[str] | None = None,
         trusted_types: list[str] | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         self.model_name = model_name
         self.enable_monitoring = enable_monitoring
@@ -131,6 +140,7 @@ class ProductionModelServer:
         self._seen_lock = threading.Lock()
         self.degraded: dict[str, str] = {}
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout if body_timeout is not None else default_body_timeout()
         self.allow_unsafe_formats = allow_unsafe_formats
         self.trusted_types = list(trusted_types or [])
         root = model_root if model_root is not None else os.environ.get(MODEL_ROOT_ENV) or None
@@ -196,6 +206,22 @@ class ProductionModelServer:
 
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(_ServerCollector(self))
+        from prometheus_client import Histogram
+
+        from mlops.serving.sidecar_metrics import LATENCY_BUCKETS
+
+        self.request_duration = Histogram("mlops_server_request_duration_seconds",
+                                          "Time from the request to the end of the answer, per route",
+                                          ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._duration_children: dict[str, Any] = {}
+        self.request_errors: dict[tuple[str, str], int] = {}
+        self.micro_batch_rows = Histogram("mlops_server_micro_batch_rows", "Rows per model call of the "
+                                          "micro-batcher (concurrent /predict requests answered together)",
+                                          buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batch_rows = Histogram("mlops_server_batch_request_rows", "Rows per /predict/batch request",
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        if self.batcher is not None:
+            self.batcher.on_batch = self.micro_batch_rows.observe
         self.app = self._build_app()
 
     def _degrade(self, component: str, reason: str) -> None:
@@ -449,11 +475,23 @@ class ProductionModelServer:
         self.recorder.record(PredictionRecord(
             r["prediction_id"], self.model_name, version, now, latency, features, r["prediction"], r["confidence"]))
 
-    def _record_error(self, version: str | None, features: dict) -> None:
+    def _observe_request(self, path: str, status: int, reason: str | None, seconds: float) -> None:
+        """Every HTTP answer, in one place: duration per route; errors by status and reason; a failed
+        prediction request is also recorded for monitoring (its error rate) against the current version."""
+        route = path if path in _ROUTES else ("/experiments/{name}/status" if path.startswith("/experiments/")
+                                             else "other")
+        child = self._duration_children.get(route)
+        if child is None:
+            child = self._duration_children[route] = self.request_duration.labels(route)
+        child.observe(seconds)
+        if status < 400:
+            return
+        key = (str(status), reason if reason and _REASON.fullmatch(reason) else "other")
+        self.request_errors[key] = self.request_errors.get(key, 0) + 1
         self.error_count += 1
-        if version:
-            self.recorder.record(PredictionRecord("", self.model_name, version, self.clock(), 0.0, features,
-                                                  None, None, True))
+        if route in ("/predict", "/predict/batch") and self.current_model_version and status != 503:
+            self.recorder.record(PredictionRecord("", self.model_name, self.current_model_version, self.clock(),
+                                                  seconds, {}, None, None, True))
 
     def predict(self, features: dict, user_id: str | None = None, experiment_name: str | None = None) -> dict:
         """One prediction as the HTTP endpoint returns it (also recorded for monitoring)."""
@@ -659,15 +697,22 @@ class ProductionModelServer:
     async def _body(self, request: Request, model: type[BaseModel]) -> Any:
         declared = request.headers.get("content-length")
         self._check_headers(request.headers.get("content-type", ""), declared)
-        if declared is not None:
-            body = await request.body()
-        else:
+
+        async def read() -> bytes:
+            if declared is not None:
+                return await request.body()
             chunks = bytearray()
             async for chunk in request.stream():
                 chunks.extend(chunk)
                 if len(chunks) > self.max_body_bytes:
                     raise ApiError(413, "body_too_large", f"request body over {self.max_body_bytes} bytes")
-            body = bytes(chunks)
+            return bytes(chunks)
+
+        try:
+            body = await asyncio.wait_for(read(), self.body_timeout)
+        except TimeoutError:
+            raise ApiError(408, "request_timeout",
+                           f"request body not received within {self.body_timeout:g} s") from None
         return self._validate(body, model)
 
     async def _predict_one(self, req: PredictRequest) -> dict[str, Any]:
@@ -685,7 +730,6 @@ class ProductionModelServer:
             except FeatureError as exc:
                 raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
         except ApiError:
-            self._record_error(None, req.features)
             raise
         start = time.perf_counter()
         now = self.clock()
@@ -732,7 +776,7 @@ class ProductionModelServer:
                 elif name == b"content-length":
                     declared = value.decode("latin-1")
             self._check_headers(content_type, declared)
-            body = await _read_body(receive, self.max_body_bytes)
+            body = await _read_body(receive, self.max_body_bytes, self.body_timeout)
             if body is None:
                 return  # the client went away
             result = await self._predict_one(self._validate(body, PredictRequest))
@@ -750,6 +794,13 @@ class ProductionModelServer:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
+
+    def _is_admin(self, request: Request) -> bool:
+        try:
+            self._check_admin(request)
+        except ApiError:
+            return False
+        return True
 
     def _check_admin(self, request: Request) -> None:
         if not self._admin_token:
@@ -792,8 +843,13 @@ class ProductionModelServer:
             description="Predictions with monitoring, A/B experiments and signed prediction ids.",
             version="1",
             lifespan=lifespan,
+            # Served below: the schema lists the admin routes only to a caller holding the admin token.
+            openapi_url=None,
+            docs_url=None,
+            redoc_url=None,
         )
         install_error_handlers(app)
+        app.observe = self._observe_request
         if self.fast_path:
             app.fast_predict = self._asgi_predict
         body_doc = _body_doc
@@ -828,12 +884,9 @@ class ProductionModelServer:
                 raise ApiError(422, "validation_error",
                                f"user_ids has {len(req.user_ids)} entries for {n} rows", "user_ids")
             ids = list(req.user_ids) if req.user_ids is not None else [None] * n
-            try:
-                results = await run_in_threadpool(server._predict_rows, req.batch_features, ids, req.experiment_name,
-                                                   True)
-            except ApiError:
-                server.error_count += 1
-                raise
+            server.batch_rows.observe(n)
+            results = await run_in_threadpool(server._predict_rows, req.batch_features, ids, req.experiment_name,
+                                              True)
             return _json({
                 "predictions": results,
                 "count": len(results),
@@ -930,6 +983,20 @@ class ProductionModelServer:
             return schema
 
         app.openapi = openapi  # type: ignore[method-assign]
+
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi_json(request: Request) -> Response:
+            schema = app.openapi()
+            if not server._is_admin(request):
+                schema = {**schema, "paths": {p: v for p, v in schema["paths"].items() if not p.startswith("/admin")}}
+            return _json(schema)
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> Response:
+            from fastapi.openapi.docs import get_swagger_ui_html
+
+            return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
         return app
 
     def run(self, host: str = "0.0.0.0", port: int = 5000, log_level: str = "info") -> None:
@@ -938,7 +1005,8 @@ class ProductionModelServer:
 
         freeze_startup_heap()
         try:
-            uvicorn.run(self.app, host=host, port=port, log_level=log_level, access_log=False)
+            uvicorn.run(self.app, host=host, port=port, log_level=log_level, access_log=False,
+                        http=HeaderTimeoutProtocol)
         finally:
             self.close()
 
@@ -967,22 +1035,55 @@ class _ServerApp(FastAPI):
     middleware a user adds, e.g. CORS or auth, also sees ``/predict``)."""
 
     fast_predict: Callable | None = None
+    observe: Callable[[str, int, str | None, float], None] | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if (self.fast_predict is not None and not self.user_middleware and scope["type"] == "http"
-                and scope["method"] == "POST"
-                and (scope["path"] == "/predict" or scope["path"] == scope.get("root_path", "") + "/predict")):
-            await self.fast_predict(scope, receive, send)
+        if scope["type"] != "http" or self.observe is None:
+            await super().__call__(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        start = time.perf_counter()
+        answer: list[Any] = [500, None]  # status, error reason
+
+        async def observed_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                answer[0] = message["status"]
+            elif answer[0] >= 400 and answer[1] is None and message["type"] == "http.response.body":
+                answer[1] = _error_code(message.get("body", b""))
+            await send(message)
+
+        try:
+            if (self.fast_predict is not None and not self.user_middleware and scope["method"] == "POST"
+                    and (scope["path"] == "/predict" or scope["path"] == scope.get("root_path", "") + "/predict")):
+                await self.fast_predict(scope, receive, observed_send)
+            else:
+                await super().__call__(scope, receive, observed_send)
+        finally:
+            self.observe(scope["path"], answer[0], answer[1], time.perf_counter() - start)
 
 
-async def _read_body(receive: Callable, limit: int) -> bytes | None:
-    """The whole request body (413 past ``limit``), or None when the client disconnected."""
+def _error_code(body: bytes) -> str | None:
+    """The ``error`` field of one of our JSON error bodies (they are small), else None."""
+    if not body or len(body) > 4096:
+        return None
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    code = value.get("error") if isinstance(value, dict) else None
+    return code if isinstance(code, str) else None
+
+
+async def _read_body(receive: Callable, limit: int, timeout: float) -> bytes | None:
+    """The whole request body (413 past ``limit``, 408 when not received within ``timeout``
+    seconds), or None when the client disconnected."""
     chunks: list[bytes] = []
     size = 0
+    deadline = time.monotonic() + timeout
     while True:
-        message = await receive()
+        try:
+            message = await read_with_timeout(receive, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise ApiError(408, "request_timeout", f"request body not received within {timeout:g} s") from None
         if message["type"] == "http.disconnect":
             return None
         chunk = message.get("body", b"")
@@ -1044,7 +1145,11 @@ class _ServerCollector:
             predictions.add_metric([version], n)
         yield predictions
         yield CounterMetricFamily("mlops_server_requests", "Prediction requests received", value=s.request_count)
-        yield CounterMetricFamily("mlops_server_request_errors", "Prediction requests refused", value=s.error_count)
+        errors = CounterMetricFamily("mlops_server_request_errors", "Requests answered with an error, by HTTP "
+                                     "status and reason (the error code in the JSON body)", labels=["code", "reason"])
+        for (code, reason), n in sorted(s.request_errors.items()):
+            errors.add_metric([code, reason], n)
+        yield errors
         yield CounterMetricFamily("mlops_server_feedback", "Feedback events accepted", value=s.feedback_count)
         yield CounterMetricFamily("mlops_server_feedback_duplicates", "Feedback for an already labelled prediction "
                                   "id (ignored: the first label wins)", value=s.feedback_duplicates)

@@ -47,6 +47,7 @@ from prometheus_client import (
 )
 
 from mlops.core.prediction_id import InvalidPredictionId, verify_prediction_id
+from mlops.serving.http_timeouts import HeaderTimeoutProtocol, body_timeout, read_with_timeout
 from mlops.serving.routing_table import RoutingTable, choose_version, load_routing_table
 
 logger = logging.getLogger(__name__)
@@ -230,7 +231,11 @@ class RouterApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
-        body = await _read_body(receive, self.settings.max_body_bytes)
+        try:
+            body = await _read_body(receive, self.settings.max_body_bytes, body_timeout())
+        except TimeoutError:
+            await _error(send, 408, f"request body not received within {body_timeout():g} s")
+            return
         if body is None:
             await _error(send, 413, f"request body larger than {self.settings.max_body_bytes} bytes")
             return
@@ -504,12 +509,13 @@ def _feedback_items(payload: Any) -> tuple[list[dict], Callable[[list[dict]], An
     return [], lambda items: items
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
+async def _read_body(receive: Receive, limit: int, timeout: float) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     more = True
+    deadline = time.monotonic() + timeout
     while more:
-        message = await receive()
+        message = await read_with_timeout(receive, max(0.0, deadline - time.monotonic()))
         if message["type"] == "http.disconnect":
             break
         chunk = message.get("body", b"")
@@ -536,4 +542,5 @@ def run_router(table_path: str, host: str, port: int, *, key: bytes | tuple[byte
     import uvicorn
 
     app = RouterApp(table_path, key=key, settings=settings)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                http=HeaderTimeoutProtocol)

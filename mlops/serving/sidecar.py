@@ -190,4 +190,6 @@ def run_sidecar(host: str, port: int, **kwargs: Any) -> None:
     import uvicorn
 
     app = create_sidecar_app(**kwargs)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    from mlops.serving.http_timeouts import HeaderTimeoutProtocol
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=HeaderTimeoutProtocol)

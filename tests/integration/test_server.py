@@ -354,3 +354,37 @@ def test_admin_refuses_joblib_without_the_flag_and_redirects_to_other_hosts(clie
         assert same.status_code == 422 and "HTTP 404" in same.json()["message"]  # followed on the same host
     finally:
         httpd.shutdown()
+
+
+def test_request_errors_reach_metrics_and_monitoring_and_latency_is_a_histogram(client, server):
+    """Reproduced: monitoring never saw request errors; request_errors missed 5xx and schema 4xx;
+    no latency histogram on /metrics."""
+    client.post("/predict", json={"features": ROW})
+    client.post("/predict", json={"features": {"a": "x", "b": 1.0}})  # invalid_feature
+    client.post("/predict", json={"nope": 1})  # schema 4xx
+    client.post("/predict", content=b"{", headers={"content-type": "application/json"})  # malformed
+    client.post("/predict/batch", json={"batch_features": [ROW, ROW, ROW]})
+    client.get("/no-such-route")
+    text = client.get("/metrics").text
+    assert 'mlops_server_request_errors_total{code="422",reason="invalid_feature"} 1.0' in text
+    assert 'mlops_server_request_errors_total{code="422",reason="validation_error"} 1.0' in text
+    assert 'mlops_server_request_errors_total{code="400",reason="malformed_json"} 1.0' in text
+    assert 'mlops_server_request_errors_total{code="404",reason="not_found"} 1.0' in text
+    assert 'mlops_server_request_duration_seconds_count{route="/predict"} 4.0' in text
+    assert 'mlops_server_request_duration_seconds_bucket{le="0.005",route="/predict"}' in text
+    assert "mlops_server_micro_batch_rows_count 1.0" in text
+    assert 'mlops_server_batch_request_rows_bucket{le="4.0"} 1.0' in text
+    server.recorder.flush()
+    summary = server.monitor.get_monitoring_summary(hours=1)
+    assert summary["failed_predictions"] == 3 and summary["total_predictions"] == 4
+
+
+def test_docs_hide_admin_routes_without_the_token(client):
+    public = client.get("/openapi.json").json()
+    assert not [p for p in public["paths"] if p.startswith("/admin")]
+    assert "/predict" in public["paths"]
+    assert client.get("/docs").status_code == 200
+    admin = client.get("/openapi.json", headers={"authorization": "Bearer secret"}).json()
+    assert "/admin/models" in admin["paths"]
+    wrong = client.get("/openapi.json", headers={"authorization": "Bearer nope"}).json()
+    assert "/admin/models" not in wrong["paths"]
