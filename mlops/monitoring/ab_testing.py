@@ -340,10 +340,12 @@ class ABTestingManager:
         or stop takes effect within ``max_age``). Raises ValueError for an unknown experiment."""
         row = self._cached_row(experiment_name, max_age)
         config = self._config(experiment_name, row)
-        now = self._clock()
         running = row["status"] == ExperimentStatus.RUNNING.value
-        in_segment = segment_matches(config.segment_criteria, features)
-        share = ramp_share(config.ramping_strategy, config.traffic_split, row["started_at"], now)
+        in_segment = segment_matches(config.segment_criteria, features) if config.segment_criteria else True
+        if max_age > 0 and "_share" in row:
+            share = row["_share"]  # computed when the row was read (the ramp moves over hours, not seconds)
+        else:
+            share = ramp_share(config.ramping_strategy, config.traffic_split, row["started_at"], self._clock())
         variant = assign_variant(experiment_name, str(user_id), share) if running and in_segment else "control"
         version = config.model_a_version if variant == "control" else config.model_b_version
         return {"variant": variant, "model_version": version, "counted": running and in_segment, "share": share}
@@ -356,7 +358,9 @@ class ABTestingManager:
             hit = self._rows.get(name)
         if hit is not None and now - hit[0] < max_age:
             return hit[1]
-        row = self._row(name)
+        row = dict(self._row(name))
+        config = self._config(name, row)
+        row["_share"] = ramp_share(config.ramping_strategy, config.traffic_split, row["started_at"], self._clock())
         with self._lock:
             self._rows[name] = (now, row)
         return row

@@ -132,6 +132,11 @@ class PredictionRecord:
     share: float
 
 
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
 class ExperimentExists(ValueError):
     """An experiment with this name already exists."""
 
@@ -194,21 +199,69 @@ class ABStore:
             self._count(conn, rec)
 
     def record_predictions(self, records: Iterable[PredictionRecord]) -> int:
-        """Many predictions in one transaction (the model server's group commit). Idempotent: a
-        record whose id is already stored (a retried batch) is skipped. Returns how many were new."""
-        new = 0
+        """Many predictions in one transaction (the model server's group commit): one multi-row insert
+        per table and one counter update per (experiment, variant), the same totals as
+        ``record_prediction`` one by one. Idempotent: a record whose id is already stored (a retried
+        batch) is skipped. Returns how many were new."""
+        records = list(records)
+        if not records:
+            return 0
         with self.db.transaction() as conn:
+            existing: set[str] = set()
+            for chunk in _chunks([r.id for r in records], 500):
+                marks = ",".join("?" * len(chunk))
+                existing.update(row[0] for row in conn.execute(
+                    f"SELECT id FROM ab_predictions WHERE id IN ({marks})", chunk))
+            fresh, seen = [], set(existing)
             for rec in records:
-                inserted = conn.execute(
-                    "INSERT OR IGNORE INTO ab_predictions(id, experiment, user_id, variant, counted, model_version,"
-                    " prediction, latency_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (rec.id, rec.experiment, rec.user_id, rec.variant, int(rec.counted), rec.model_version,
-                     json.dumps(to_jsonable(rec.prediction)), rec.latency_ms, rec.created_at),
-                ).rowcount
-                if inserted:
-                    new += 1
-                    self._count(conn, rec)
-        return new
+                if rec.id not in seen:
+                    seen.add(rec.id)
+                    fresh.append(rec)
+            conn.executemany(
+                "INSERT INTO ab_predictions(id, experiment, user_id, variant, counted, model_version, prediction,"
+                " latency_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.id, r.experiment, r.user_id, r.variant, int(r.counted), r.model_version,
+                  json.dumps(to_jsonable(r.prediction)), r.latency_ms, r.created_at) for r in fresh],
+            )
+            counted = [r for r in fresh if r.counted]
+            by_experiment: dict[str, list[PredictionRecord]] = {}
+            for rec in counted:
+                by_experiment.setdefault(rec.experiment, []).append(rec)
+            for experiment, recs in by_experiment.items():
+                # New users: first exposure in this batch of a user not yet exposed (first one wins).
+                users = list(dict.fromkeys(r.user_id for r in recs))
+                known: set[str] = set()
+                for chunk in _chunks(users, 500):
+                    marks = ",".join("?" * len(chunk))
+                    known.update(row[0] for row in conn.execute(
+                        f"SELECT user_id FROM ab_exposures WHERE experiment = ? AND user_id IN ({marks})",
+                        [experiment, *chunk]))
+                first: dict[str, PredictionRecord] = {}
+                for rec in recs:
+                    if rec.user_id not in known and rec.user_id not in first:
+                        first[rec.user_id] = rec
+                conn.executemany(
+                    "INSERT INTO ab_exposures(experiment, user_id, variant, share, first_seen) VALUES (?, ?, ?, ?, ?)",
+                    [(experiment, r.user_id, r.variant, r.share, r.created_at) for r in first.values()],
+                )
+                totals: dict[str, list[float]] = {}
+                for rec in recs:
+                    t = totals.setdefault(rec.variant, [0, 0, 0.0, 0.0])
+                    t[1] += 1
+                    t[2] += rec.latency_ms
+                    t[3] += rec.latency_ms * rec.latency_ms
+                for rec in first.values():
+                    totals[rec.variant][0] += 1
+                conn.executemany(
+                    "UPDATE ab_counters SET users = users + ?, predictions = predictions + ?,"
+                    " latency_sum = latency_sum + ?, latency_sumsq = latency_sumsq + ?"
+                    " WHERE experiment = ? AND variant = ?",
+                    [(int(t[0]), int(t[1]), t[2], t[3], experiment, variant) for variant, t in totals.items()],
+                )
+                if first:
+                    conn.execute("UPDATE ab_experiments SET share_sum = share_sum + ? WHERE name = ?",
+                                 (sum(r.share for r in first.values()), experiment))
+        return len(fresh)
 
     @staticmethod
     def _count(conn: sqlite3.Connection, rec: PredictionRecord) -> None:
