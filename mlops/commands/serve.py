@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         os.environ["MLOPS_SERVE_OPTIONS"] = orjson.dumps(options).decode()
         from mlops.serving.http_timeouts import HeaderTimeoutProtocol
 
-        uvicorn.run("mlops.serving.production_server:app_from_env", factory=True, host=args.host,
+        uvicorn.run("mlops.serving.app:app_from_env", factory=True, host=args.host,
                     port=args.port, workers=args.workers, log_level=args.log_level, access_log=False,
                     http=HeaderTimeoutProtocol)
         return 0

@@ -1198,23 +1198,10 @@ def create_production_server(
     return server
 
 
-def app_from_env() -> FastAPI:
-    """uvicorn factory for ``mlops serve --workers N``: rebuilds the server in each worker from the
-    JSON options the command put in ``MLOPS_SERVE_OPTIONS``."""
-    from mlops.serving.app import build_server_from_options
-
-    options = orjson.loads(os.environ["MLOPS_SERVE_OPTIONS"])
-    # Several worker processes: ids signed by one must verify in the others, so a shared key is required.
-    keys = signing_keys(required_by="a multi-worker model server")
-    app = build_server_from_options(options, prediction_key=keys).app
-    freeze_startup_heap()
-    return app
-
-
 def freeze_startup_heap() -> None:
     """Move everything allocated at start-up (libraries, models) out of the garbage collector's
     reach: otherwise every full collection walks those ~10^6 objects, a pause that shows up as
-    the p99 latency. Called by the server processes we start (``run``, ``app_from_env``) only."""
+    the p99 latency. Called by the server processes we start (``run``, ``app.app_from_env``) only."""
     import gc
 
     gc.collect()
