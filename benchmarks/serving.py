@@ -16,6 +16,9 @@ recorded/written/dropped, to show monitoring kept up, and the mean/max micro-bat
 Servers:
 - ``ours``: ``mlops serve`` with in-process monitoring (the standalone default: predictions recorded
   off the hot path through the bounded queue into SQLite);
+- ``ours-ab``: the same server with two versions loaded and a running experiment, answering the
+  README's request (``features`` + ``user_id`` + ``experiment_name``; a new user id per request, so
+  both variants serve): the A/B path, whose targets are >= 0.9x ``ours`` and >= 2x ``fastapi``;
 - ``ours-sidecar``: ``mlops serve --sidecar-url`` + ``mlops sidecar`` (the pod layout);
 - ``fastapi``: a bare ``async def`` FastAPI endpoint calling ``predict_proba`` on the same pipeline;
 - ``kserve``: KServe 0.21's ModelServer with a scikit-learn ``kserve.Model`` (benchmarks/peers);
@@ -47,7 +50,8 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
-ALL_SERVERS = ("ours", "ours-sidecar", "fastapi", "kserve", "mlserver")
+ALL_SERVERS = ("ours", "ours-ab", "ours-sidecar", "fastapi", "kserve", "mlserver")
+EXPERIMENT = "bench_experiment"
 
 BARE_FASTAPI_APP = '''
 import json, os
@@ -88,6 +92,8 @@ class Running:
     url: str  # full URL of the prediction endpoint
     body: str
     config: dict = field(default_factory=dict)
+    # A Lua body template "<prefix>\0<suffix>": each request gets a new user id between them.
+    per_request_user: tuple[str, str] | None = None
 
 
 @dataclass
@@ -115,7 +121,7 @@ def prepare(root: Path, algorithm: str) -> Workspace:
     csv = root / "train.csv"
     frame.to_csv(csv, index=False)
     out = root / "model"
-    env = {**os.environ, "MLOPS_HOME": str(root / "mlops-home"), "MLOPS_PREDICTION_ID_KEY": "bench-key"}
+    env = {**os.environ, "MLOPS_HOME": str(root / "mlops-home"), "MLOPS_PREDICTION_ID_KEY": "bench-signing-key-0123456789abcdef-0123"}
     subprocess.run([sys.executable, "-m", "mlops", "train", "--data", str(csv), "--label", "target", "--out",
                     str(out), "--model-name", "bench", "--version", "v1", "--algorithm", algorithm],
                    check=True, env=env, stdout=subprocess.DEVNULL)
@@ -128,6 +134,14 @@ def prepare(root: Path, algorithm: str) -> Workspace:
     joblib.dump(estimator, joblib_path)
     names = [str(c) for c in data.feature_names]
     row = [float(v) for v in np.asarray(frame[names].iloc[7])]
+    # The experiment the A/B row's requests name (the server reads it from the same MLOPS_HOME).
+    from mlops.monitoring.ab_testing import ABTestConfig, ABTestingManager
+
+    manager = ABTestingManager(experiment_db=root / "mlops-home" / "ab_experiments.db")
+    manager.create_experiment(ABTestConfig(experiment_name=EXPERIMENT, model_a_version="v1", model_b_version="v2",
+                                           traffic_split=0.5, min_samples_per_variant=100))
+    manager.start_experiment(EXPERIMENT)
+    manager.close()
     return Workspace(root=root, skops_path=out / "model.skops", sha256=sha, joblib_path=joblib_path,
                      profile_path=out / "profile.json", feature_names=names, row=row, env=env)
 
@@ -167,12 +181,14 @@ def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 120.0, 
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
-def start_ours(ws: Workspace, workers: int, *, sidecar: bool) -> Running:
+def start_ours(ws: Workspace, workers: int, *, sidecar: bool, ab: bool = False) -> Running:
     port = free_port()
     procs = []
     args = [sys.executable, "-m", "mlops", "serve", "--model-uri", ws.skops_path.as_uri(), "--sha256", ws.sha256,
             "--version", "v1", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
             "--log-level", "warning"]
+    if ab:  # the experiment's treatment: the same artifact under a second version name
+        args += ["--model-uri", ws.skops_path.as_uri(), "--sha256", ws.sha256, "--version", "v2"]
     if sidecar:
         sidecar_port = free_port()
         procs.append(_spawn([sys.executable, "-m", "mlops", "sidecar", "--port", str(sidecar_port), "--profile",
@@ -180,8 +196,17 @@ def start_ours(ws: Workspace, workers: int, *, sidecar: bool) -> Running:
                             log=ws.root / "sidecar.log"))
         args += ["--sidecar-url", f"http://127.0.0.1:{sidecar_port}"]
     procs.append(_spawn(args, ws.env, log=ws.root / "ours.log"))
-    body = json.dumps({"features": dict(zip(ws.feature_names, ws.row, strict=True))})
-    running = Running("ours-sidecar" if sidecar else "ours", procs, f"http://127.0.0.1:{port}/predict", body)
+    features = dict(zip(ws.feature_names, ws.row, strict=True))
+    body = json.dumps({"features": features})
+    name = "ours-sidecar" if sidecar else "ours"
+    template = None
+    if ab:
+        name = "ours-ab"
+        body = json.dumps({"features": features, "user_id": "patient_0", "experiment_name": EXPERIMENT})
+        prefix, _, suffix = json.dumps({"features": features, "user_id": "patient_\0",
+                                        "experiment_name": EXPERIMENT}).partition("\\u0000")
+        template = (prefix, suffix)
+    running = Running(name, procs, f"http://127.0.0.1:{port}/predict", body, per_request_user=template)
     wait_ready(running.url, procs, method="POST", body=body)
     return running
 
@@ -288,11 +313,17 @@ def parse_wrk(output: str) -> dict:
 
 
 def run_wrk(running: Running, connections: int, duration: float, lua: Path) -> dict:
-    lua.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = [==[{running.body}]==]\n"
-    )
+    script = ('wrk.method = "POST"\n'
+              'wrk.headers["Content-Type"] = "application/json"\n'
+              f"wrk.body = [==[{running.body}]==]\n")
+    if running.per_request_user is not None:
+        prefix, suffix = running.per_request_user
+        script += ("counter = 0\n"
+                   "request = function()\n"
+                   "  counter = counter + 1\n"
+                   f"  return wrk.format(nil, nil, nil, [==[{prefix}]==] .. counter .. [==[{suffix}]==])\n"
+                   "end\n")
+    lua.write_text(script)
     args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s", "-s", str(lua),
             running.url]
     output = subprocess.run(args, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
@@ -378,6 +409,23 @@ def ratios(cells: list[dict], ours: str) -> dict:
     return out
 
 
+def ab_ratios(cells: list[dict]) -> dict:
+    """The README's request (A/B path) against plain /predict of our server and bare FastAPI, per
+    worker count and connection count, measured in this run (targets: >= 0.9x and >= 2x)."""
+    out: dict = {}
+    for cell in (c for c in cells if c["server"] == "ours-ab"):
+        key = f"workers={cell['workers']} c={cell['connections']}"
+        entry: dict = {"ab_rps": cell["rps"], "ab_p99_ms": cell["p99_ms"]}
+        for other, target in (("ours", 0.9), ("fastapi", 2.0)):
+            match = [c for c in cells if c["server"] == other and c["workers"] == cell["workers"]
+                     and c["connections"] == cell["connections"]]
+            if match and match[0]["rps"]:
+                entry[f"vs_{other}_rps"] = round(cell["rps"] / match[0]["rps"], 3)
+                entry[f"target_vs_{other}"] = target
+        out[key] = entry
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--servers", default=",".join(ALL_SERVERS), help=f"comma list of {ALL_SERVERS}")
@@ -406,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     starters: dict[str, Callable[[int], Running]] = {
         "ours": lambda w: start_ours(ws, w, sidecar=False),
         "ours-sidecar": lambda w: start_ours(ws, w, sidecar=True),
+        "ours-ab": lambda w: start_ours(ws, w, sidecar=False, ab=True),
         "fastapi": lambda w: start_fastapi(ws, w),
     }
     skipped: dict[str, str] = {}
@@ -438,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "sklearn": sklearn.__version__},
         "cells": cells,
         "ratios": {name: ratios(cells, name) for name in ("ours", "ours-sidecar") if name in order},
+        "ab_path": ab_ratios(cells),
         "skipped": skipped,
         "seconds": round(time.monotonic() - started, 1),
     }

@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Route /predict, /predict/batch and /feedback to model versions per a routing table "
         "(JSON or YAML; reloaded when the file changes). Assignment is sticky per user key (header "
         "X-User-ID or the body's user_id). Feedback goes to the version encoded in the signed prediction "
-        "id; set MLOPS_PREDICTION_ID_KEY to the servers' key.",
+        "id; set MLOPS_PREDICTION_ID_KEY_FILE (or MLOPS_PREDICTION_ID_KEY) to the servers' key, and "
+        "MLOPS_PREDICTION_ID_PREVIOUS_KEY_FILE during a key rotation.",
     )
     parser.add_argument("--table", required=True, help="routing table file (e.g. the mounted routing.json)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
@@ -42,10 +43,14 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         print(table.to_json())
         return 0
-    from mlops.serving.events import prediction_id_key
     from mlops.serving.router import RouterSettings, run_router
+    from mlops.serving.signing import SigningKeyError, signing_keys
 
+    try:
+        keys = signing_keys(required_by="the router (it verifies the prediction ids of /feedback)")
+    except SigningKeyError as exc:
+        raise UsageError(str(exc)) from exc
     settings = RouterSettings(read_timeout=args.read_timeout, connect_timeout=args.connect_timeout,
                               poll_interval=args.poll_interval)
-    run_router(args.table, args.host, args.port, key=prediction_id_key(), settings=settings)
+    run_router(args.table, args.host, args.port, key=keys.verify_keys, settings=settings)
     return 0

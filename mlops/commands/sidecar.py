@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-name", help="model name reported in the metrics' `model` label")
     parser.add_argument("--baseline-accuracy", type=float,
                         help="measured baseline accuracy, reported with the accuracy drop in /summary")
+    parser.add_argument("--feedback-ledger", metavar="PATH",
+                        help="SQLite file remembering which prediction ids were labelled, so a replayed or "
+                        "retried feedback is counted once, also across restarts (default: in memory only)")
     parser.set_defaults(func=run)
 
 
@@ -39,6 +42,15 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--profile {args.profile}: no such file") from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"--profile {args.profile}: not a baseline profile ({exc})") from exc
+    if args.feedback_ledger:
+        import sqlite3
+
+        from mlops.store.feedback_store import FeedbackLedger
+
+        try:
+            FeedbackLedger(args.feedback_ledger).close()
+        except (OSError, sqlite3.Error) as exc:
+            raise UsageError(f"--feedback-ledger {args.feedback_ledger}: cannot open it ({exc})") from exc
     run_sidecar(args.host, args.port, profile=profile, model_name=args.model_name,
-                baseline_accuracy=args.baseline_accuracy)
+                baseline_accuracy=args.baseline_accuracy, feedback_ledger=args.feedback_ledger)
     return 0

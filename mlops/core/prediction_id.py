@@ -18,6 +18,7 @@ import binascii
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from typing import NamedTuple
 
 PREFIX = "p1"
@@ -58,19 +59,27 @@ def sign_prediction_id(key: bytes, version: str, prediction: str, nonce: str) ->
     return f"{signed}.{_signature(key, signed)}"
 
 
-def verify_prediction_id(key: bytes, prediction_id: str) -> PredictionRef:
-    """Decode ``prediction_id``; raise InvalidPredictionId unless it was signed with ``key`` unmodified."""
+def verify_prediction_id(key: bytes | Sequence[bytes], prediction_id: str) -> PredictionRef:
+    """Decode ``prediction_id``; raise InvalidPredictionId unless it was signed with ``key`` unmodified.
+
+    ``key`` may be a sequence of keys (the current one first, then previous ones still accepted
+    during a rotation): the id is valid when any of them produced its signature."""
     if not isinstance(prediction_id, str) or len(prediction_id) > MAX_ID_LENGTH:
         raise InvalidPredictionId("prediction id is not a string of acceptable length")
+    if not prediction_id.isascii():
+        # Ids we sign are pure ASCII; comparing non-ASCII text in constant time is not even possible.
+        raise InvalidPredictionId("prediction id is malformed (non-ASCII characters)")
     parts = prediction_id.split(".")
     if len(parts) != 3 or parts[0] != PREFIX:
         raise InvalidPredictionId("prediction id is malformed")
     signed = f"{parts[0]}.{parts[1]}"
-    try:
-        expected = _signature(key, signed)
-    except UnicodeEncodeError as exc:
-        raise InvalidPredictionId("prediction id is malformed") from exc
-    if not hmac.compare_digest(expected, parts[2]):
+    keys = [key] if isinstance(key, bytes | bytearray) else list(key)
+    if not keys:
+        raise InvalidPredictionId("no key to verify prediction ids with")
+    matched = False
+    for candidate in keys:
+        matched |= hmac.compare_digest(_signature(candidate, signed), parts[2])
+    if not matched:
         raise InvalidPredictionId("prediction id signature does not match")
     try:
         fields = json.loads(_b64decode(parts[1]).decode("utf-8"))

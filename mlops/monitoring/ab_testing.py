@@ -231,6 +231,7 @@ class ABTestingManager:
         self._clock, self._timer, self._new_id = clock, timer, id_factory
         self._lock = threading.Lock()
         self._configs: dict[str, ABTestConfig] = {}
+        self._rows: dict[str, tuple[float, dict[str, Any]]] = {}
         self.active_experiments: dict[str, ABTestConfig] = {}
         for row in self.store.list_experiments():
             if row["status"] == ExperimentStatus.RUNNING.value:
@@ -327,17 +328,11 @@ class ABTestingManager:
 
         Returns ``{prediction, model_version, variant, latency_ms, prediction_id}``.
         """
-        row = self._row(experiment_name)
-        config = self._config(experiment_name, row)
         now = self._clock()
         user = str(user_id)
-        running = row["status"] == ExperimentStatus.RUNNING.value
-        in_segment = segment_matches(config.segment_criteria, features)
-        share = ramp_share(config.ramping_strategy, config.traffic_split, row["started_at"], now)
-        phase = ramp_phase(config.ramping_strategy, config.traffic_split, row["started_at"], now).index
-        variant = assign_variant(experiment_name, user, share) if running and in_segment else "control"
-        counted = running and in_segment
-        version = config.model_a_version if variant == "control" else config.model_b_version
+        plan = self.assign(experiment_name, user, features)
+        variant, version, counted, share = plan["variant"], plan["model_version"], plan["counted"], plan["share"]
+        phase = plan["phase"]
         if version not in models:
             raise ValueError(f"no model for version {version!r} in models (have {sorted(models)})")
         start = self._timer()
@@ -357,6 +352,50 @@ class ABTestingManager:
             "latency_ms": latency_ms,
             "prediction_id": pid,
         }
+
+    def assign(self, experiment_name: str, user_id: str, features: Mapping[str, Any], *,
+               max_age: float = 0.0) -> dict[str, Any]:
+        """The variant and version that serve ``user_id`` now, without predicting or recording:
+        ``{variant, model_version, counted, share, phase}``. ``max_age`` > 0 reuses the experiment's state
+        read up to that many seconds ago (the model server: no database read per request; a pause
+        or stop takes effect within ``max_age``). Raises ValueError for an unknown experiment."""
+        row = self._cached_row(experiment_name, max_age)
+        config = self._config(experiment_name, row)
+        running = row["status"] == ExperimentStatus.RUNNING.value
+        in_segment = segment_matches(config.segment_criteria, features) if config.segment_criteria else True
+        if max_age > 0 and "_share" in row:
+            # computed when the row was read (the ramp moves over hours, not seconds)
+            share, phase = row["_share"], row["_phase"]
+        else:
+            now = self._clock()
+            share = ramp_share(config.ramping_strategy, config.traffic_split, row["started_at"], now)
+            phase = ramp_phase(config.ramping_strategy, config.traffic_split, row["started_at"], now).index
+        variant = assign_variant(experiment_name, str(user_id), share) if running and in_segment else "control"
+        version = config.model_a_version if variant == "control" else config.model_b_version
+        return {"variant": variant, "model_version": version, "counted": running and in_segment, "share": share,
+                "phase": phase}
+
+    def _cached_row(self, name: str, max_age: float) -> dict[str, Any]:
+        if max_age <= 0:
+            return self._row(name)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._rows.get(name)
+        if hit is not None and now - hit[0] < max_age:
+            return hit[1]
+        row = dict(self._row(name))
+        config = self._config(name, row)
+        clock = self._clock()
+        row["_share"] = ramp_share(config.ramping_strategy, config.traffic_split, row["started_at"], clock)
+        row["_phase"] = ramp_phase(config.ramping_strategy, config.traffic_split, row["started_at"], clock).index
+        with self._lock:
+            self._rows[name] = (now, row)
+        return row
+
+    def record_served(self, records: Iterable[PredictionRecord]) -> int:
+        """Store predictions served elsewhere (the model server's off-request-path group commit);
+        idempotent per prediction id. Returns how many were new."""
+        return self.store.record_predictions(records)
 
     def record_outcome(self, experiment_name: str, prediction_id: str, true_label: Any) -> bool:
         """Attach the true outcome to one prediction; False if unknown or already labelled."""

@@ -34,7 +34,7 @@ from typing import Any
 from mlops.operator import status as st
 from mlops.operator.artifacts import ArtifactPolicy, ArtifactVerifier
 from mlops.operator.cache import ObjectCache
-from mlops.operator.children import ChildSync
+from mlops.operator.children import ChildSync, SyncResult
 from mlops.operator.collector import CollectError, Collector
 from mlops.operator.diagnosis import diagnose
 from mlops.operator.experiments import register as register_experiments
@@ -45,6 +45,7 @@ from mlops.operator.metrics import OperatorMetrics
 from mlops.operator.resources import naming as n
 from mlops.operator.resources.model_deployment import Observed, plan
 from mlops.operator.resources.spec import InvalidSpec, normalize_spec
+from mlops.operator.signing_key import ensure_signing_key
 
 log = logging.getLogger("mlops.operator")
 Key = tuple[str, str]  # (namespace, name)
@@ -284,7 +285,11 @@ class Controller:
             self._write_status(cr, st.reconcile_status(cr, plan=None, error=str(exc), deployments={}, now=self._now()))
             self.metrics.reconciles.labels("invalid_spec").inc()
             return "Failed"
-        result = self.children.sync(cr, the_plan.objects, PRUNABLE)
+        key_conflict = ensure_signing_key(self.kube, cr, self.cache)
+        if key_conflict:  # the pods would mount someone else's Secret: apply nothing, as for any conflict
+            result = SyncResult(conflicts=[key_conflict])
+        else:
+            result = self.children.sync(cr, the_plan.objects, PRUNABLE)
         self.metrics.skipped.inc(result.skipped)
         for applied in result.applied:
             self.metrics.applied.labels(applied.partition("/")[0]).inc()

@@ -29,6 +29,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "ReplicaSet": ("/apis/apps/v1", "replicasets"),
     "Service": ("/api/v1", "services"),
     "ConfigMap": ("/api/v1", "configmaps"),
+    "Secret": ("/api/v1", "secrets"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
@@ -41,7 +42,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "RetrainPolicy": (f"/apis/{n.API_VERSION}", "retrainpolicies"),
 }
 # What a ModelDeployment owns and prune looks at, in deletion order (workloads before what they use).
-PRUNABLE = ("HorizontalPodAutoscaler", "Deployment", "Service", "ConfigMap", "ServiceAccount", "Secret")
+# The signing-key Secret is created once and never in the desired set (its key is random), so it is not
+# pruned: it goes with the ModelDeployment through garbage collection.
+PRUNABLE = ("HorizontalPodAutoscaler", "Deployment", "Service", "ConfigMap", "ServiceAccount")
 # Kinds any of the operator's controllers may own: watched (label-filtered) into the shared cache.
 OWNED_KINDS = ("Deployment", "Service", "ConfigMap", "ServiceAccount", "Secret", "Job", "HorizontalPodAutoscaler")
 

@@ -1,18 +1,27 @@
 """Build a configured model server from plain options: what ``mlops serve`` and each uvicorn worker
 (``--workers N`` re-imports the app in every worker process) share.
 
-Why it exists: with several workers uvicorn needs an importable app factory, so the command's
-options travel as JSON in ``MLOPS_SERVE_OPTIONS`` and every worker builds an identical server here.
+Why it exists: with several workers uvicorn needs an importable app factory (``app_from_env``), so
+the command's options travel as JSON in ``MLOPS_SERVE_OPTIONS`` and every worker builds an identical
+server here. Only this module imports production_server (never the reverse).
 Also sets up the quick-start demo (two versions and the guide's experiment) for ``--demo``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from mlops.serving.production_server import ProductionModelServer, create_production_server
+import orjson
+from fastapi import FastAPI
+
+from mlops.serving.production_server import (
+    ProductionModelServer,
+    create_production_server,
+    freeze_startup_heap,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +68,18 @@ def ensure_experiment(server: ProductionModelServer, config: dict[str, Any]) -> 
         manager.start_experiment(name)
 
 
-def build_server_from_options(options: dict[str, Any]) -> ProductionModelServer:
+def build_server_from_options(options: dict[str, Any], **extra: Any) -> ProductionModelServer:
+    """``extra``: constructor options that do not travel as JSON (e.g. ``prediction_key``)."""
     server = create_production_server(
         options.get("model_name") or "model",
         enable_monitoring=options.get("enable_monitoring", True),
         enable_ab_testing=options.get("enable_ab_testing", True),
         sidecar_url=options.get("sidecar_url"),
         flush_interval=options.get("flush_interval", 1.0),
+        allow_unsafe_formats=options.get("allow_unsafe_formats", False),
+        model_root=options.get("model_root"),
+        trusted_types=options.get("trusted_types"),
+        **extra,
     )
     for spec in options.get("versions", []):
         server.load_model_version(spec.get("version") or "", uri=spec["uri"], sha256=spec.get("sha256"),
@@ -77,3 +91,16 @@ def build_server_from_options(options: dict[str, Any]) -> ProductionModelServer:
     if options.get("experiment"):
         ensure_experiment(server, options["experiment"])
     return server
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for ``mlops serve --workers N``: rebuilds the server in each worker from the
+    JSON options the command put in ``MLOPS_SERVE_OPTIONS``. Several worker processes: ids signed by
+    one must verify in the others, so a shared key is required."""
+    from mlops.serving.signing import signing_keys
+
+    options = orjson.loads(os.environ["MLOPS_SERVE_OPTIONS"])
+    keys = signing_keys(required_by="a multi-worker model server")
+    app = build_server_from_options(options, prediction_key=keys).app
+    freeze_startup_heap()
+    return app

@@ -71,6 +71,7 @@ class MicroBatcher:
         self._busy = False
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.on_batch: Callable[[int], None] | None = None  # e.g. a histogram's observe
         self.batches_total = 0
         self.rows_total = 0
         self.max_batch_seen = 0
@@ -101,6 +102,8 @@ class MicroBatcher:
         self.batches_total += 1
         self.rows_total += len(batch)
         self.max_batch_seen = max(self.max_batch_seen, len(batch))
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
         mode = self._mode_for(batch[0][0]) if self._mode_for else self.mode
         if mode == "thread":
             if self._pool is None:

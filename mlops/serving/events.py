@@ -4,22 +4,18 @@ The server answers a prediction first and ships what it saw afterwards, in batch
 ``POST /v1/events`` to the sidecar on localhost (see mlops.serving.sinks); the sidecar answers
 ``202 {"accepted": n}``. Both sides import these models so the shape is defined once.
 
-Also here: the process-wide prediction-id key (``MLOPS_PREDICTION_ID_KEY``), which the server signs
-ids with and the router verifies feedback with; both must share it.
+``prediction_id_key`` is kept for callers of the old API; the key's sources are in
+mlops.serving.signing.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import secrets
-import threading
+import math
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mlops.core.prediction_id import ENV_VAR, key_from_environ
-
-logger = logging.getLogger(__name__)
+MAX_INT = 2**63 - 1
 
 Scalar = str | int | float | bool | None
 
@@ -47,6 +43,17 @@ class FeedbackEvent(BaseModel):
     true_label: str | int | float
     timestamp: float = Field(description="epoch seconds")
 
+    @field_validator("true_label")
+    @classmethod
+    def _finite_label(cls, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("true_label must be a finite number")
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise ValueError("true_label is an integer outside the 64-bit range")
+        if isinstance(value, str) and len(value) > 200:
+            raise ValueError("true_label is longer than 200 characters")
+        return value
+
 
 class EventBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -61,28 +68,24 @@ class EventBatch(BaseModel):
     )
 
 
+class EventEnvelope(BaseModel):
+    """The batch's shape only: events are then validated one by one (a bad one is dropped alone)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    predictions: list[Any] = Field(default_factory=list)
+    feedback: list[Any] = Field(default_factory=list)
+    batch_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
 class EventsAccepted(BaseModel):
     accepted: int
 
 
 EVENTS_PATH = "/v1/events"
 
-_key_lock = threading.Lock()
-_process_key: bytes | None = None
-
-
 def prediction_id_key(environ: dict[str, str] | None = None) -> bytes:
-    """The key to sign/verify prediction ids with: ``MLOPS_PREDICTION_ID_KEY`` if set, otherwise one
-    random key per process (with a warning: ids then cannot be verified by another process)."""
-    configured = key_from_environ(dict(os.environ) if environ is None else environ)
-    if configured is not None:
-        return configured
-    global _process_key
-    with _key_lock:
-        if _process_key is None:
-            logger.warning(
-                "%s is not set: using a random per-process key; prediction ids signed here "
-                "cannot be verified by other replicas or the router", ENV_VAR,
-            )
-            _process_key = secrets.token_bytes(32)
-        return _process_key
+    """The key new prediction ids are signed with (see mlops.serving.signing)."""
+    from mlops.serving.signing import signing_keys
+
+    return signing_keys(environ).current

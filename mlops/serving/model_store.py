@@ -29,9 +29,40 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 ModelFormat = Literal["skops", "joblib"]
-SAFE_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.")
+# Types skops does not trust by itself that a scikit-learn model legitimately contains. Matched by
+# exact name: a prefix ("builtins.") would let ``builtins.exec`` in through a FunctionTransformer.
+# Anything else is refused unless the operator of the server trusts it by name (``extra_trusted``,
+# ``mlops serve --trust-type``).
+TRUSTED_TYPES = frozenset({
+    "numpy.dtype",
+    "numpy.ndarray",
+    "numpy.float64",
+    "numpy.int64",
+    "numpy.random._mt19937.MT19937",
+    "numpy.random.mtrand.RandomState",
+    "numpy.random._pickle.__randomstate_ctor",
+    "collections.OrderedDict",
+    "collections.defaultdict",
+    "sklearn.tree._tree.Tree",
+    "sklearn._loss.link.Interval",
+    "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn._loss.loss.HalfSquaredError",
+    "sklearn._loss._loss.CyHalfBinomialLoss",
+    "sklearn._loss._loss.CyHalfMultinomialLoss",
+    "sklearn._loss._loss.CyHalfSquaredError",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+})
+EMBEDDED_KEY = "mlops_metadata"
+UNSAFE_FORMATS_FLAG = "--allow-unsafe-formats"
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+MAX_REDIRECTS = 3
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_EXACT_INT = 2**63
 
 
 class ModelLoadError(Exception):
@@ -40,6 +71,10 @@ class ModelLoadError(Exception):
 
 class IntegrityError(ModelLoadError):
     """The artifact's sha256 does not match the pinned one (tampered or wrong file)."""
+
+
+class UnsafeFormatError(ModelLoadError):
+    """A pickle-based artifact, and the server was not started with ``--allow-unsafe-formats``."""
 
 
 class FeatureSpec(BaseModel):
@@ -118,16 +153,28 @@ def fetch_bytes(uri: str, timeout: float = 30.0, max_bytes: int = MAX_ARTIFACT_B
         raise ModelLoadError(f"unsupported artifact URI scheme {scheme!r} in {uri} (file, http, https)")
     import httpx
 
+    origin = urlparse(uri)
+    url = uri
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=True) as client, client.stream("GET", uri) as resp:
-            if resp.status_code != 200:
-                raise ModelLoadError(f"GET {uri} answered HTTP {resp.status_code}")
-            buffer = bytearray()
-            for chunk in resp.iter_bytes():
-                buffer.extend(chunk)
-                if len(buffer) > max_bytes:
-                    raise ModelLoadError(f"artifact {uri} is over the {max_bytes} byte limit")
-            return bytes(buffer)
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            for _hop in range(MAX_REDIRECTS + 1):
+                with client.stream("GET", url) as resp:
+                    if resp.is_redirect:
+                        target = urlparse(str(resp.next_request.url)) if resp.next_request else None
+                        # Redirects stay on the same scheme, host and port: never another host (SSRF).
+                        if target is None or (target.scheme, target.netloc) != (origin.scheme, origin.netloc):
+                            raise ModelLoadError(f"GET {uri} redirects to another host; refused")
+                        url = target.geturl()
+                        continue
+                    if resp.status_code != 200:
+                        raise ModelLoadError(f"GET {uri} answered HTTP {resp.status_code}")
+                    buffer = bytearray()
+                    for chunk in resp.iter_bytes():
+                        buffer.extend(chunk)
+                        if len(buffer) > max_bytes:
+                            raise ModelLoadError(f"artifact {uri} is over the {max_bytes} byte limit")
+                    return bytes(buffer)
+            raise ModelLoadError(f"GET {uri}: more than {MAX_REDIRECTS} redirects")
     except httpx.HTTPError as exc:
         raise ModelLoadError(f"cannot fetch {uri}: {exc}") from exc
 
@@ -148,19 +195,23 @@ def verify_sha256(data: bytes, expected: str | None, uri: str = "artifact") -> s
         if not _SHA256.match(wanted):
             raise IntegrityError(f"pinned sha256 for {uri} is not 64 hex digits")
         if actual != wanted:
-            raise IntegrityError(f"sha256 mismatch for {uri}: expected {wanted}, got {actual}; refusing to load")
+            # The actual digest is not echoed: an API answer must not become a way to hash files.
+            raise IntegrityError(f"sha256 mismatch for {uri}: it is not the pinned {wanted}; refusing to load")
     return actual
 
 
-def deserialize(data: bytes, fmt: ModelFormat, sha256_pinned: bool, extra_trusted: list[str] | None = None) -> Any:
-    """Turn verified bytes into an estimator. skops: only allow-listed types; joblib: only when pinned."""
+def deserialize(data: bytes, fmt: ModelFormat, sha256_pinned: bool, extra_trusted: list[str] | None = None,
+                *, allow_unsafe: bool = False) -> Any:
+    """Turn verified bytes into an object. skops: only types trusted by exact name; joblib (pickle,
+    which runs arbitrary code): only when ``allow_unsafe`` (the server's ``--allow-unsafe-formats``)
+    *and* the sha256 was pinned."""
     if fmt == "skops":
         import skops.io as sio
 
         try:
             untrusted = sio.get_untrusted_types(data=data)
-            allowed = set(extra_trusted or [])
-            refused = [t for t in untrusted if not t.startswith(SAFE_TYPE_PREFIXES) and t not in allowed]
+            allowed = TRUSTED_TYPES | set(extra_trusted or [])
+            refused = [t for t in untrusted if t not in allowed]
             if refused:
                 raise ModelLoadError(f"skops artifact contains types that are not trusted: {', '.join(refused)}")
             return sio.loads(data, trusted=list(untrusted))
@@ -169,6 +220,9 @@ def deserialize(data: bytes, fmt: ModelFormat, sha256_pinned: bool, extra_truste
         except Exception as exc:  # noqa: BLE001 - any decoding failure is an unloadable artifact
             raise ModelLoadError(f"cannot load skops artifact: {type(exc).__name__}: {exc}") from exc
     if fmt == "joblib":
+        if not allow_unsafe:
+            raise UnsafeFormatError(f"joblib/pickle artifacts can run arbitrary code when loaded; start the server "
+                                    f"with {UNSAFE_FORMATS_FLAG} to accept them (and pin their sha256)")
         if not sha256_pinned:
             raise ModelLoadError("joblib/pickle artifacts are loaded only with a pinned sha256")
         import joblib
@@ -178,6 +232,18 @@ def deserialize(data: bytes, fmt: ModelFormat, sha256_pinned: bool, extra_truste
         except Exception as exc:  # noqa: BLE001 - unpickling failures of any kind mean unloadable
             raise ModelLoadError(f"cannot load joblib artifact: {type(exc).__name__}: {exc}") from exc
     raise ModelLoadError(f"unknown model format {fmt!r} (skops or joblib)")
+
+
+def embed_metadata(estimator: Any, metadata: ModelMetadata) -> dict[str, Any]:
+    """What ``mlops train`` serialises: the estimator with its schema, so the sha256 of the one file
+    users pin covers the feature order, types and classes too (editing metadata.json cannot change
+    what the model is fed)."""
+    return {"estimator": estimator, EMBEDDED_KEY: _schema_fields(metadata)}
+
+
+def _schema_fields(metadata: ModelMetadata) -> dict[str, Any]:
+    return {"feature_schema": metadata.feature_schema.model_dump(), "classes": list(metadata.classes),
+            "label": metadata.label}
 
 
 def schema_from_estimator(estimator: Any) -> FeatureSchema:
@@ -206,6 +272,10 @@ class LoadedModel:
         self.has_proba = hasattr(estimator, "predict_proba")
         classes = getattr(estimator, "classes_", None)
         self.classes = [c.item() if hasattr(c, "item") else c for c in classes] if classes is not None else []
+        from mlops.serving.sidecar_metrics import label_str
+
+        # The spellings of the known labels (1, 1.0, "1" and True meet), to check feedback against.
+        self.label_index = frozenset(label_str(c) for c in self.classes)
         # sklearn warns when a DataFrame-fitted estimator receives a bare array; feature order is
         # guaranteed by the schema, so hand it arrays with the same column names off the hot path.
         self._fitted_on_frame = getattr(estimator, "feature_names_in_", None) is not None
@@ -221,13 +291,20 @@ class LoadedModel:
             if value is None:
                 continue
             if name in self.categorical:
+                if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_EXACT_INT:
+                    raise FeatureError(name, f"feature {name!r} is an integer too large to be a category")
                 row[i] = str(value)
             else:
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise FeatureError(name, f"feature {name!r} must be a number, got {type(value).__name__}")
-                if not math.isfinite(value):
-                    raise FeatureError(name, f"feature {name!r} must be a finite number")
-                row[i] = float(value)
+                try:
+                    number = float(value)  # an integer beyond ~1.8e308 overflows here
+                except OverflowError:
+                    raise FeatureError(name, f"feature {name!r} is out of range (a finite number within "
+                                             "+-1.8e308)") from None
+                if not math.isfinite(number):
+                    raise FeatureError(name, f"feature {name!r} must be a finite number within +-1.8e308")
+                row[i] = number
         missing = [n for n in self.names if n in self.required and features.get(n) is None]
         if missing:
             raise FeatureError(missing[0], f"missing required feature(s): {', '.join(missing)}")
@@ -255,6 +332,16 @@ class LoadedModel:
         return [p.item() if hasattr(p, "item") else p for p in predicted], [None] * len(rows)
 
 
+def _trainer_sha(uri: str) -> str | None:
+    """The digest ``mlops train`` wrote in ``model.sha256`` beside the model, if any."""
+    try:
+        text = fetch_bytes(sibling_uri(uri, "model.sha256"), max_bytes=4096).decode("ascii", "replace")
+    except ModelLoadError:
+        return None
+    first = text.split()[0].lower() if text.split() else ""
+    return first if _SHA256.match(first) else None
+
+
 def load_model(
     uri: str,
     sha256: str | None = None,
@@ -262,10 +349,17 @@ def load_model(
     version: str | None = None,
     metadata_uri: str | None = None,
     extra_trusted: list[str] | None = None,
+    *,
+    allow_unsafe: bool = False,
 ) -> LoadedModel:
-    """Fetch ``uri``, verify its sha256 (the pinned one, else the one in metadata.json), then load.
+    """Fetch ``uri``, verify it, then load it.
 
-    Raises ModelLoadError (IntegrityError on a checksum mismatch) and has no other side effect.
+    Pinned (``sha256``): the file must have that digest; the schema comes from inside the file (what
+    ``mlops train`` embeds), and a metadata.json beside it must agree with it. Unpinned: the model
+    is loaded only if it is what the trainer wrote -- ``model.sha256`` and metadata.json both present
+    and both naming the file's digest -- anything else is refused.
+
+    Raises ModelLoadError (IntegrityError on a digest mismatch) and has no other side effect.
     """
     metadata: ModelMetadata | None = None
     meta_source = metadata_uri or sibling_uri(uri, "metadata.json")
@@ -280,15 +374,52 @@ def load_model(
             metadata = ModelMetadata.model_validate_json(meta_bytes)
         except ValueError as exc:
             raise ModelLoadError(f"invalid metadata at {meta_source}: {exc}") from exc
-    expected = sha256 or (metadata.sha256 if metadata else None)
+    if sha256 is not None:
+        expected = sha256
+    else:
+        recorded = _trainer_sha(uri)
+        claimed = metadata.sha256.lower() if metadata and metadata.sha256 else None
+        if recorded is None or claimed is None:
+            raise ModelLoadError(f"{uri}: no sha256 pinned and no trainer record (model.sha256 and metadata.json "
+                                 "with its sha256) beside it; pin the artifact's sha256")
+        if recorded != claimed:
+            raise IntegrityError(f"{uri}: model.sha256 and metadata.json disagree about the model's digest; "
+                                 "refusing to load (replaced or edited artifact)")
+        expected = recorded
     chosen_format: ModelFormat = fmt or (metadata.format if metadata else None) or (
         "joblib" if uri.endswith((".joblib", ".pkl")) else "skops"
     )
     data = fetch_bytes(uri)
     actual = verify_sha256(data, expected, uri)
-    estimator = deserialize(data, chosen_format, sha256_pinned=sha256 is not None, extra_trusted=extra_trusted)
+    loaded = deserialize(data, chosen_format, sha256_pinned=sha256 is not None, extra_trusted=extra_trusted,
+                         allow_unsafe=allow_unsafe)
+    embedded = None
+    estimator = loaded
+    if isinstance(loaded, dict) and "estimator" in loaded:
+        estimator, embedded = loaded["estimator"], loaded.get(EMBEDDED_KEY)
     if not hasattr(estimator, "predict"):
         raise ModelLoadError(f"artifact {uri} holds a {type(estimator).__name__}, not a model with predict()")
+    if embedded is not None:
+        try:
+            schema = FeatureSchema.model_validate(embedded["feature_schema"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"artifact {uri} embeds an invalid feature schema: {exc}") from exc
+        if metadata is not None and _schema_fields(metadata) != _schema_fields(
+                metadata.model_copy(update={"feature_schema": schema, "classes": embedded.get("classes", []),
+                                            "label": embedded.get("label")})):
+            raise IntegrityError(f"metadata.json beside {uri} does not match the schema inside the verified model "
+                                 "(features, order, types or classes edited); refusing to load")
+        base = metadata or ModelMetadata(feature_schema=schema)
+        metadata = base.model_copy(update={"feature_schema": schema, "classes": embedded.get("classes", []),
+                                           "label": embedded.get("label")})
+    elif metadata is not None:
+        names = getattr(estimator, "feature_names_in_", None)
+        if names is None or [str(n) for n in names] != metadata.feature_schema.names:
+            # A bare estimator (trained elsewhere, or by an older `mlops train`): nothing the digest
+            # covers says which column is which, so metadata.json cannot be trusted for the order.
+            raise IntegrityError(f"metadata.json beside {uri} lists a feature schema the verified model does not "
+                                 "carry (retrain with `mlops train`, which embeds it, or remove metadata.json to "
+                                 "use the estimator's own feature names)")
     if metadata is None:
         metadata = ModelMetadata(feature_schema=schema_from_estimator(estimator), format=chosen_format)
     metadata = metadata.model_copy(update={"sha256": actual, "format": chosen_format})

@@ -18,13 +18,17 @@ Why it exists: this is the process users hit on every prediction (``mlops serve`
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
 import logging
+import math
 import os
+import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -43,10 +47,13 @@ from mlops.core.arm_tag import tagged_nonce
 from mlops.core.prediction_id import InvalidPredictionId, sign_prediction_id, verify_prediction_id
 from mlops.serving.batching import BatchMode, MicroBatcher
 from mlops.serving.errors import ApiError, error_response, install_error_handlers, validation_error
-from mlops.serving.events import FeedbackEvent, prediction_id_key
+from mlops.serving.events import FeedbackEvent
+from mlops.serving.http_timeouts import HeaderTimeoutProtocol, read_with_timeout
+from mlops.serving.http_timeouts import body_timeout as default_body_timeout
 from mlops.serving.model_store import FeatureError, LoadedModel, ModelLoadError, ModelMetadata, load_model
 from mlops.serving.schemas import (
     MAX_BODY_BYTES,
+    MAX_NAME,
     REQUEST_MODELS,
     BatchPredictRequest,
     FeedbackRequest,
@@ -54,17 +61,27 @@ from mlops.serving.schemas import (
     PredictRequest,
     RollbackRequest,
 )
+from mlops.serving.sidecar_metrics import label_str
+from mlops.serving.signing import SigningKeys, signing_keys
 from mlops.serving.sinks import EventSink, MonitorSink, NullSink, PredictionRecord, Recorder, SidecarSink
+from mlops.store.ab_store import PredictionRecord as ABRecord
 
 logger = logging.getLogger(__name__)
 
 ADMIN_TOKEN_ENV = "MLOPS_ADMIN_TOKEN"
+MODEL_ROOT_ENV = "MLOPS_MODEL_ROOT"
+MODEL_SUFFIXES = (".skops", ".joblib", ".pkl")
 THREAD_OFFLOAD_SECONDS = 0.002
 MAX_BATCH_ENV = "MLOPS_SERVE_MAX_BATCH"
 BATCH_MODE_ENV = "MLOPS_SERVE_BATCH_MODE"
 DEFAULT_MAX_BATCH = 64
 DEFAULT_BATCH_MODE = "inline"
 _JSON = "application/json"
+MAX_LABEL_INT = 2**53
+_ROUTES = frozenset({"/predict", "/predict/batch", "/feedback", "/health", "/ready", "/metrics", "/models",
+                     "/monitoring/status", "/admin/models", "/admin/rollback", "/openapi.json", "/docs"})
+_REASON = re.compile(r"[a-z_]{1,40}")
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
 
 _ARM_HEADER_BYTES = ARM_HEADER.encode()
@@ -76,21 +93,6 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class _RowModel:
-    """Adapter handed to ``ABTestingManager.make_prediction``: whatever X it receives, it predicts
-    the request's row in the model's own feature order (the original ordered features two ways)."""
-
-    def __init__(self, model: LoadedModel, row: list[Any]) -> None:
-        self.model = model
-        self.row = row
-        self.confidence: float | None = None
-
-    def predict(self, x: Any) -> list[Any]:
-        labels, confidence = self.model.predict([self.row])
-        self.confidence = confidence[0]
-        return labels
 
 
 class ProductionModelServer:
@@ -107,7 +109,7 @@ class ProductionModelServer:
         sidecar_url: str | None = None,
         sink: EventSink | None = None,
         admin_token: str | None = None,
-        prediction_key: bytes | None = None,
+        prediction_key: bytes | SigningKeys | None = None,
         registry: Any = None,
         clock: Callable[[], float] = time.time,
         flush_interval: float = 1.0,
@@ -116,6 +118,12 @@ class ProductionModelServer:
         max_batch: int | None = None,
         batch_mode: BatchMode | None = None,
         fast_path: bool = True,
+        feedback_ledger: Any = "auto",
+        ab_state_ttl: float = 1.0,
+        allow_unsafe_formats: bool = False,
+        model_root: str | os.PathLike[str] | None = None,
+        trusted_types: list[str] | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         self.model_name = model_name
         self.enable_monitoring = enable_monitoring
@@ -131,12 +139,41 @@ class ProductionModelServer:
         self.error_count = 0
         self.predictions_by_version: dict[str, int] = {}
         self.feedback_count = 0
+        self.feedback_duplicates = 0
+        self.feedback_rejected = 0
+        self._seen_feedback: OrderedDict[str, None] = OrderedDict()
+        self._seen_lock = threading.Lock()
+        self.degraded: dict[str, str] = {}
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout if body_timeout is not None else default_body_timeout()
+        self.allow_unsafe_formats = allow_unsafe_formats
+        self.trusted_types = list(trusted_types or [])
+        root = model_root if model_root is not None else os.environ.get(MODEL_ROOT_ENV) or None
+        self.model_root = Path(root).resolve() if root else None
         self._admin_token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
-        self._key = prediction_key or prediction_id_key()
+        if isinstance(prediction_key, SigningKeys):
+            self.signing_keys = prediction_key
+        elif prediction_key:
+            self.signing_keys = SigningKeys(bytes(prediction_key))
+        else:
+            self.signing_keys = signing_keys()
+        self._key = self.signing_keys.current
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(4)
         self.baseline: dict[str, Any] | None = None
+
+        # Durable first-label-wins per prediction id ($MLOPS_HOME/<model>/feedback.db); None: in memory only.
+        self.feedback_ledger = None
+        if feedback_ledger == "auto":
+            try:
+                from mlops.store.feedback_store import FeedbackLedger
+                from mlops.store.sqlite import model_dir
+
+                self.feedback_ledger = FeedbackLedger(model_dir(model_name) / "feedback.db")
+            except Exception as exc:  # noqa: BLE001 - no durable ledger: degraded, feedback deduped in memory
+                self._degrade("feedback_ledger", f"cannot open the feedback ledger: {type(exc).__name__}: {exc}")
+        elif feedback_ledger is not None:
+            self.feedback_ledger = feedback_ledger
 
         self.monitor = None
         if enable_monitoring and sidecar_url is None and sink is None:
@@ -156,6 +193,10 @@ class ProductionModelServer:
                 sink = NullSink()
         self.sink = sink
         self.recorder = Recorder(sink, capacity=queue_capacity, flush_interval=flush_interval)
+        # Experiment predictions are stored by their own group-commit thread, never on the request path.
+        self.ab_state_ttl = ab_state_ttl
+        self.ab_recorder = Recorder(_ABStoreSink(self.ab_manager) if self.ab_manager is not None else NullSink(),
+                                    capacity=queue_capacity, flush_interval=flush_interval)
         self._closed = False
         max_batch = max_batch if max_batch is not None else int(os.environ.get(MAX_BATCH_ENV, DEFAULT_MAX_BATCH))
         mode = batch_mode or os.environ.get(BATCH_MODE_ENV) or DEFAULT_BATCH_MODE
@@ -170,7 +211,29 @@ class ProductionModelServer:
 
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(_ServerCollector(self))
+        from prometheus_client import Histogram
+
+        from mlops.serving.sidecar_metrics import LATENCY_BUCKETS
+
+        self.request_duration = Histogram("mlops_server_request_duration_seconds",
+                                          "Time from the request to the end of the answer, per route",
+                                          ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._duration_children: dict[str, Any] = {}
+        self.request_errors: dict[tuple[str, str], int] = {}
+        self.micro_batch_rows = Histogram("mlops_server_micro_batch_rows", "Rows per model call of the "
+                                          "micro-batcher (concurrent /predict requests answered together)",
+                                          buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batch_rows = Histogram("mlops_server_batch_request_rows", "Rows per /predict/batch request",
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        if self.batcher is not None:
+            self.batcher.on_batch = self.micro_batch_rows.observe
         self.app = self._build_app()
+
+    def _degrade(self, component: str, reason: str) -> None:
+        """Keep serving, but say so: /health reports ``degraded`` with the reason."""
+        if self.degraded.get(component) != reason:
+            logger.error("degraded (%s): %s", component, reason)
+        self.degraded[component] = reason
 
     # ----------------------------------------------------------------- engines
     def _create_monitor(self) -> Any:
@@ -224,7 +287,8 @@ class ProductionModelServer:
                 meta = meta.model_copy(update={"version": version})
             loaded = LoadedModel(model, meta)
         elif uri:
-            loaded = load_model(uri, sha256=sha256, fmt=format, version=version or None)  # type: ignore[arg-type]
+            loaded = load_model(uri, sha256=sha256, fmt=format, version=version or None,  # type: ignore[arg-type]
+                                extra_trusted=self.trusted_types, allow_unsafe=self.allow_unsafe_formats)
             version = loaded.version
         else:
             raise ValueError("load_model_version needs a uri or a model")
@@ -334,70 +398,75 @@ class ProductionModelServer:
             raise ApiError(503, "no_model", "no model version is loaded yet")
         return model
 
-    def _experiment_predict(
-        self, name: str, user_id: str | None, features: dict, row_for: Callable, ab_id: str
-    ) -> dict:
+    def _ab_choice(self, name: str, user_id: str | None, features: dict) -> tuple[LoadedModel, dict[str, Any]]:
+        """The loaded version that serves ``user_id`` in experiment ``name`` (sticky salted hash; the
+        experiment's state is re-read at most every ``ab_state_ttl`` seconds, never per request)."""
         if self.ab_manager is None:
             raise ApiError(404, "unknown_experiment", "A/B testing is disabled on this server", "experiment_name")
         if not user_id:
             raise ApiError(422, "validation_error", "user_id is required with experiment_name", "user_id")
-        adapters = {}
-        for version, model in list(self.models.items()):
-            adapters[version] = _RowModel(model, row_for(model))
         try:
-            result = self.ab_manager.make_prediction(
-                experiment_name=name, user_id=user_id, features=features, models=adapters, prediction_id=ab_id
-            )
+            plan = self.ab_manager.assign(name, user_id, features, max_age=self.ab_state_ttl)
         except KeyError as exc:
             raise ApiError(404, "unknown_experiment", f"unknown experiment {name!r}", "experiment_name") from exc
         except ValueError as exc:
             if "does not exist" in str(exc):
                 raise ApiError(404, "unknown_experiment", f"unknown experiment {name!r}", "experiment_name") from exc
             raise ApiError(409, "experiment_unavailable", f"experiment {name!r}: {exc}", "experiment_name") from exc
-        version = str(result.get("model_version"))
-        adapter = adapters.get(version)
-        prediction = result.get("prediction")
-        if hasattr(prediction, "item"):
-            prediction = prediction.item()
-        return {
-            "prediction": prediction,
-            "model_version": version,
-            "variant": result.get("variant"),
-            "confidence": adapter.confidence if adapter else None,
-            "ab_prediction_id": str(result.get("prediction_id") or ab_id),
-        }
+        model = self.models.get(str(plan["model_version"]))
+        if model is None:
+            raise ApiError(409, "experiment_unavailable", f"experiment {name!r} assigns version "
+                           f"{plan['model_version']!r}, which is not loaded here", "experiment_name")
+        return model, plan
+
+    def _ab_result(self, name: str, user_id: str, model: LoadedModel, plan: dict[str, Any], label: Any,
+                   confidence: float | None, latency_seconds: float, now: float) -> dict[str, Any]:
+        """Sign the answer and queue the experiment's record (written by the A/B recorder's thread)."""
+        ab_id = self._nonce()
+        self.ab_recorder.record(ABRecord(ab_id, name, str(user_id), plan["variant"], bool(plan["counted"]),
+                                         model.version, label, latency_seconds * 1000.0, now, float(plan["share"]),
+                                         int(plan["phase"])))
+        return {"prediction": label, "model_version": model.version, "variant": plan["variant"], "user_id": user_id,
+                "confidence": confidence, "prediction_id": self._new_id(model.version, label, f"{ab_id}|{name}")}
 
     def _predict_rows(
         self, feature_rows: list[dict], user_ids: list[str | None], experiment: str | None,
-        arm_tag: str | None = None,
+        arm_tag: str | None = None, batch: bool = False,
     ) -> list[dict[str, Any]]:
-        """Predict, sign ids, queue monitoring records; raises ApiError for bad rows."""
+        """Predict, sign ids, queue monitoring records; raises ApiError for bad rows (the field is
+        ``features.<name>``, or ``batch_features.<row>.<name>`` when ``batch``)."""
         start = time.perf_counter()
         now = self.clock()
         out: list[dict[str, Any]] = []
+
+        def where(i: int, feature: str) -> str:
+            return f"batch_features.{i}.{feature}" if batch else f"features.{feature}"
+
         if experiment is None:
             model = self._model()
-            try:
-                rows = [model.row(f) for f in feature_rows]
-            except FeatureError as exc:
-                raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
+            rows = []
+            for i, f in enumerate(feature_rows):
+                try:
+                    rows.append(model.row(f))
+                except FeatureError as exc:
+                    raise ApiError(422, "invalid_feature", str(exc), where(i, exc.field)) from exc
             labels, confidence = model.predict(rows)
             for i, label in enumerate(labels):
                 out.append(self._result(model.version, label, confidence[i], user_ids[i], arm_tag))
         else:
             self._model()
-            for features, user_id in zip(feature_rows, user_ids, strict=True):
-                def row_for(m: LoadedModel, f: dict = features) -> list[Any]:
-                    try:
-                        return m.row(f)
-                    except FeatureError as exc:
-                        raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
-
-                r = self._experiment_predict(experiment, user_id, features, row_for, self._nonce())
-                r["user_id"] = user_id
-                nonce = f"{r.pop('ab_prediction_id')}|{experiment}"
-                r["prediction_id"] = self._new_id(r["model_version"], r["prediction"], nonce)
-                out.append(r)
+            chosen = []
+            for i, (features, user_id) in enumerate(zip(feature_rows, user_ids, strict=True)):
+                model, plan = self._ab_choice(experiment, user_id, features)
+                try:
+                    chosen.append((model, plan, model.row(features), user_id))
+                except FeatureError as exc:
+                    raise ApiError(422, "invalid_feature", str(exc), where(i, exc.field)) from exc
+            for model, plan, row, user_id in chosen:
+                t0 = time.perf_counter()
+                labels, confidence = model.predict([row])
+                out.append(self._ab_result(experiment, user_id, model, plan, labels[0], confidence[0],
+                                           time.perf_counter() - t0, now))
         latency = (time.perf_counter() - start) / max(1, len(out))
         for features, r in zip(feature_rows, out, strict=True):
             self._count_and_record(r, features, now, latency)
@@ -417,17 +486,27 @@ class ProductionModelServer:
         self.recorder.record(PredictionRecord(
             r["prediction_id"], self.model_name, version, now, latency, features, r["prediction"], r["confidence"]))
 
-    def _record_error(self, version: str | None, features: dict, arm_tag: str | None = None) -> None:
+    def _observe_request(self, path: str, status: int, reason: str | None, seconds: float,
+                         arm_tag: str | None = None) -> None:
+        """Every HTTP answer, in one place: duration per route; errors by status and reason; a failed
+        prediction request is also recorded for monitoring (its error rate) against the current version,
+        and in its experiment arm when the router tagged the request (``arm_tag``)."""
+        route = path if path in _ROUTES else ("/experiments/{name}/status" if path.startswith("/experiments/")
+                                             else "other")
+        child = self._duration_children.get(route)
+        if child is None:
+            child = self._duration_children[route] = self.request_duration.labels(route)
+        child.observe(seconds)
+        if status < 400:
+            return
+        key = (str(status), reason if reason and _REASON.fullmatch(reason) else "other")
+        self.request_errors[key] = self.request_errors.get(key, 0) + 1
         self.error_count += 1
-        pid = ""
-        if arm_tag and version is None and self.current_model_version:
-            # a failed request of an experiment arm still counts in that arm's error rate
+        if route in ("/predict", "/predict/batch") and self.current_model_version and status != 503:
             version = self.current_model_version
-        if arm_tag and version:
-            pid = self._new_id(version, "", tagged_nonce(self._nonce(), arm_tag))
-        if version:
-            self.recorder.record(PredictionRecord(pid, self.model_name, version, self.clock(), 0.0, features,
-                                                  None, None, True))
+            pid = self._new_id(version, "", tagged_nonce(self._nonce(), arm_tag)) if arm_tag else ""
+            self.recorder.record(PredictionRecord(pid, self.model_name, version, self.clock(),
+                                                  seconds, {}, None, None, True))
 
     def predict(self, features: dict, user_id: str | None = None, experiment_name: str | None = None) -> dict:
         """One prediction as the HTTP endpoint returns it (also recorded for monitoring)."""
@@ -451,28 +530,92 @@ class ProductionModelServer:
         except ApiError as exc:
             raise ValueError(exc.message) from exc
 
-    def record_feedback(self, items: list[tuple[str, Any]]) -> dict[str, Any]:
-        """Verify each prediction id, queue a feedback event, and join A/B outcomes."""
+    def record_feedback(self, items: list[tuple[str, Any]], fields: list[str] | None = None) -> dict[str, Any]:
+        """Validate each item on its own (signed id, finite label the model knows), record the good
+        ones once per prediction id (the first label wins; later ones are counted as duplicates),
+        join A/B outcomes. Returns ``{"accepted", "duplicates", "experiment_outcomes", "rejected"}``;
+        ``rejected`` lists ``{"field", "error", "message", "status"}`` per refused item."""
+        fields = fields or (["prediction_id"] if len(items) == 1 else [f"feedback.{i}" for i in range(len(items))])
+        good: list[tuple[str, Any, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        for (prediction_id, true_label), field in zip(items, fields, strict=True):
+            id_field = field if field.endswith("prediction_id") else f"{field}.prediction_id"
+            try:
+                ref = verify_prediction_id(self.signing_keys.verify_keys, prediction_id)
+            except InvalidPredictionId as exc:
+                rejected.append({"status": 400, "error": "invalid_prediction_id", "field": id_field,
+                                 "message": f"{exc}: feedback rejected"})
+                continue
+            problem = self._label_problem(true_label, ref.version)
+            if problem:
+                label_field = id_field.rsplit(".", 1)[0] + ".true_label" if "." in id_field else "true_label"
+                rejected.append({"status": 422, "error": "invalid_label", "field": label_field, "message": problem})
+                continue
+            good.append((prediction_id, true_label, ref))
+        fresh = self._claim_feedback([(pid, label) for pid, label, _ in good])
         events: list[FeedbackEvent] = []
         ab_outcomes: list[tuple[str, str, Any]] = []
-        for i, (prediction_id, true_label) in enumerate(items):
-            try:
-                ref = verify_prediction_id(self._key, prediction_id)
-            except InvalidPredictionId as exc:
-                field = "prediction_id" if len(items) == 1 else f"feedback.{i}.prediction_id"
-                raise ApiError(400, "invalid_prediction_id", f"{exc}: feedback rejected", field) from exc
+        duplicates = 0
+        now = self.clock()
+        for (prediction_id, true_label, ref), first in zip(good, fresh, strict=True):
+            if not first:
+                duplicates += 1
+                continue
             events.append(FeedbackEvent(prediction_id=prediction_id, model_version=ref.version,
-                                        prediction=ref.prediction, true_label=true_label, timestamp=self.clock()))
+                                        prediction=ref.prediction, true_label=true_label, timestamp=now))
             ab_id, sep, experiment = ref.nonce.partition("|")
             if sep and experiment:
                 ab_outcomes.append((experiment, ab_id, true_label))
-        accepted = self.recorder.record_feedback(events)
+        accepted = self.recorder.record_feedback(events) if events else 0
         self.feedback_count += accepted
+        self.feedback_duplicates += duplicates
+        self.feedback_rejected += len(rejected)
         joined = 0
-        if self.ab_manager is not None:
+        if self.ab_manager is not None and ab_outcomes:
+            self.ab_recorder.flush()  # the predictions being labelled may still be queued
             for experiment, ab_id, label in ab_outcomes:
                 joined += self._join_ab_outcome(experiment, ab_id, label)
-        return {"accepted": accepted, "experiment_outcomes": joined}
+        return {"accepted": accepted, "duplicates": duplicates, "experiment_outcomes": joined, "rejected": rejected}
+
+    def _label_problem(self, label: Any, version: str) -> str | None:
+        """Why ``label`` cannot be a true outcome for ``version`` (None when it can)."""
+        if isinstance(label, float) and not math.isfinite(label):
+            return f"true_label must be a finite number, got {label}"
+        if isinstance(label, int) and not isinstance(label, bool) and abs(label) > MAX_LABEL_INT:
+            return "true_label is an integer out of range (|x| < 2**53)"
+        if isinstance(label, str) and len(label) > MAX_NAME:
+            return f"true_label is longer than {MAX_NAME} characters"
+        model = self.models.get(version) or self.models.get(self.current_model_version or "")
+        if model is not None and model.classes:
+            known = model.label_index
+            if label_str(label) not in known:
+                shown = ", ".join(repr(c) for c in model.classes[:20])
+                return f"true_label {str(label)[:40]!r} is not a label the model knows ({shown})"
+        return None
+
+    def _claim_feedback(self, items: list[tuple[str, Any]]) -> list[bool]:
+        """First-label-wins per prediction id: durably in the ledger, else (no ledger, or the disk
+        refuses the write) in a bounded in-memory set, so a replay is never counted twice here."""
+        if not items:
+            return []
+        pairs = [(pid, label_str(label)) for pid, label in items]
+        if self.feedback_ledger is not None:
+            try:
+                fresh = self.feedback_ledger.claim(pairs, self.clock())
+                self.degraded.pop("feedback_ledger", None)  # the disk took the write again
+                return fresh
+            except Exception as exc:  # noqa: BLE001 - a full or read-only disk must not fail feedback
+                self._degrade("feedback_ledger", f"feedback ledger write failed: {type(exc).__name__}: {exc}")
+        out = []
+        with self._seen_lock:
+            for pid, _ in pairs:
+                first = pid not in self._seen_feedback
+                if first:
+                    self._seen_feedback[pid] = None
+                    if len(self._seen_feedback) > 200_000:
+                        self._seen_feedback.popitem(last=False)
+                out.append(first)
+        return out
 
     def _join_ab_outcome(self, experiment: str, ab_id: str, label: Any) -> int:
         try:
@@ -484,8 +627,10 @@ class ProductionModelServer:
     # ----------------------------------------------------------------- status
     def health(self) -> tuple[int, dict[str, Any]]:
         ready = self.current_model_version is not None and self.current_model_version in self.models
+        degraded = self.degradation()
         body = {
-            "status": "healthy" if ready else "unavailable",
+            "status": ("degraded" if degraded else "healthy") if ready else "unavailable",
+            "degraded_reasons": degraded,
             "model_name": self.model_name,
             "current_model_version": self.current_model_version,
             "uptime_seconds": round(self.clock() - self.started_at, 3),
@@ -494,6 +639,15 @@ class ProductionModelServer:
             "models_loaded": sorted(self.models),
         }
         return (200 if ready else 503), body
+
+    def degradation(self) -> list[str]:
+        """Why the server is degraded (it keeps serving): failing monitoring writes, a lost ledger."""
+        reasons = [f"{k}: {v}" for k, v in sorted(self.degraded.items())]
+        for what, r in (("monitoring", self.recorder), ("experiments", self.ab_recorder)):
+            if r.sink_error is not None:
+                reasons.append(f"{what}: {r.sink_error} ({r.retry_buffered} record(s) waiting for a retry, "
+                               f"{r.failed_total} lost)")
+        return reasons
 
     def monitoring_status(self, hours: float = 24) -> dict[str, Any]:
         body: dict[str, Any] = {"model_name": self.model_name, "period_hours": hours,
@@ -510,8 +664,13 @@ class ProductionModelServer:
 
     def recording_stats(self) -> dict[str, Any]:
         r = self.recorder
+        ab = self.ab_recorder
         return {"sink": type(self.sink).__name__, "queued": r.queued, "recorded": r.recorded_total,
-                "written": r.written_total, "dropped": r.dropped_total, "failed": r.failed_total}
+                "written": r.written_total, "dropped": r.dropped_total, "failed": r.failed_total,
+                "invalid": r.invalid_total, "retry_buffered": r.retry_buffered, "sink_error": r.sink_error,
+                "experiments": {"queued": ab.queued, "recorded": ab.recorded_total, "written": ab.written_total,
+                                "dropped": ab.dropped_total, "failed": ab.failed_total,
+                                "retry_buffered": ab.retry_buffered, "sink_error": ab.sink_error}}
 
     def close(self) -> None:
         """Drain the monitoring queue and close the sink (called on shutdown, e.g. SIGTERM)."""
@@ -521,6 +680,9 @@ class ProductionModelServer:
         if self.batcher is not None:
             self.batcher.close()
         self.recorder.close()
+        self.ab_recorder.close()
+        if self.feedback_ledger is not None:
+            self.feedback_ledger.close()
         logger.info("monitoring drained: %s", self.recording_stats())
 
     # ----------------------------------------------------------------- HTTP
@@ -550,23 +712,29 @@ class ProductionModelServer:
     async def _body(self, request: Request, model: type[BaseModel]) -> Any:
         declared = request.headers.get("content-length")
         self._check_headers(request.headers.get("content-type", ""), declared)
-        if declared is not None:
-            body = await request.body()
-        else:
+
+        async def read() -> bytes:
+            if declared is not None:
+                return await request.body()
             chunks = bytearray()
             async for chunk in request.stream():
                 chunks.extend(chunk)
                 if len(chunks) > self.max_body_bytes:
                     raise ApiError(413, "body_too_large", f"request body over {self.max_body_bytes} bytes")
-            body = bytes(chunks)
+            return bytes(chunks)
+
+        try:
+            body = await asyncio.wait_for(read(), self.body_timeout)
+        except TimeoutError:
+            raise ApiError(408, "request_timeout",
+                           f"request body not received within {self.body_timeout:g} s") from None
         return self._validate(body, model)
 
     async def _predict_one(self, req: PredictRequest, arm_tag: str | None = None) -> dict[str, Any]:
         """One /predict request: experiments in a worker thread, plain ones through the micro-batcher."""
         try:
             if req.experiment_name is not None:
-                return (await run_in_threadpool(
-                    self._predict_rows, [req.features], [req.user_id], req.experiment_name))[0]
+                return await self._predict_experiment(req)
             if self.batcher is None:
                 if self.current_model_version in self._slow:
                     return (await run_in_threadpool(
@@ -578,18 +746,38 @@ class ProductionModelServer:
             except FeatureError as exc:
                 raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
         except ApiError:
-            self._record_error(None, req.features, arm_tag)
             raise
         start = time.perf_counter()
         now = self.clock()
         try:
             label, confidence = await self.batcher.predict(model, row)
-        except Exception:
-            if arm_tag:
-                self._record_error(model.version, req.features, arm_tag)
-            raise
         result = self._result(model.version, label, confidence, req.user_id, arm_tag)
         self._count_and_record(result, req.features, now, time.perf_counter() - start)
+        return result
+
+    async def _predict_experiment(self, req: PredictRequest) -> dict[str, Any]:
+        """The README's request: assignment from the cached experiment state, the prediction through
+        the same micro-batcher as plain requests, the experiment's record written off the request
+        path (group commit by the A/B recorder's thread)."""
+        name, user_id = req.experiment_name or "", req.user_id
+        model, plan = self._ab_choice(name, user_id, req.features)
+        try:
+            row = model.row(req.features)
+        except FeatureError as exc:
+            raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
+        start = time.perf_counter()
+        now = self.clock()
+        if self.batcher is not None:
+            label, confidence = await self.batcher.predict(model, row)
+        elif model.version in self._slow:
+            labels, conf = await run_in_threadpool(model.predict, [row])
+            label, confidence = labels[0], conf[0]
+        else:
+            labels, conf = model.predict([row])
+            label, confidence = labels[0], conf[0]
+        latency = time.perf_counter() - start
+        result = self._ab_result(name, user_id or "", model, plan, label, confidence, latency, now)
+        self._count_and_record(result, req.features, now, latency)
         return result
 
     async def _asgi_predict(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -607,7 +795,7 @@ class ProductionModelServer:
                 elif name == _ARM_HEADER_BYTES:
                     arm_tag = value.decode("latin-1")
             self._check_headers(content_type, declared)
-            body = await _read_body(receive, self.max_body_bytes)
+            body = await _read_body(receive, self.max_body_bytes, self.body_timeout)
             if body is None:
                 return  # the client went away
             result = await self._predict_one(self._validate(body, PredictRequest), arm_tag)
@@ -626,6 +814,13 @@ class ProductionModelServer:
                                 (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
 
+    def _is_admin(self, request: Request) -> bool:
+        try:
+            self._check_admin(request)
+        except ApiError:
+            return False
+        return True
+
     def _check_admin(self, request: Request) -> None:
         if not self._admin_token:
             raise ApiError(403, "admin_disabled", f"admin API disabled: set {ADMIN_TOKEN_ENV} to enable it")
@@ -633,6 +828,26 @@ class ProductionModelServer:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._admin_token.encode()):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token")
+
+    def _check_admin_uri(self, uri: str) -> None:
+        """The admin API loads local model files only under the configured model root (never an
+        arbitrary path it would read and hash), and remote ones over http(s) only."""
+        from mlops.serving.model_store import _path_from_uri
+
+        path = _path_from_uri(uri)
+        if path is None:
+            scheme = uri.split(":", 1)[0].lower()
+            if scheme not in ("http", "https"):
+                raise ApiError(422, "model_refused", f"unsupported artifact URI scheme {scheme!r} (http, https, "
+                               "or a file under the model root)", "uri")
+            return
+        if self.model_root is None:
+            raise ApiError(403, "model_root_unset", f"loading local files through the admin API needs a model "
+                           f"root: start the server with --model-root (or {MODEL_ROOT_ENV})", "uri")
+        resolved = Path(os.path.realpath(path))
+        if not resolved.is_relative_to(self.model_root) or not resolved.name.endswith(MODEL_SUFFIXES):
+            raise ApiError(403, "path_refused", f"only model files ({', '.join(MODEL_SUFFIXES)}) under the model "
+                           "root can be loaded", "uri")
 
     def _build_app(self) -> FastAPI:
         server = self
@@ -647,8 +862,13 @@ class ProductionModelServer:
             description="Predictions with monitoring, A/B experiments and signed prediction ids.",
             version="1",
             lifespan=lifespan,
+            # Served below: the schema lists the admin routes only to a caller holding the admin token.
+            openapi_url=None,
+            docs_url=None,
+            redoc_url=None,
         )
         install_error_handlers(app)
+        app.observe = self._observe_request
         if self.fast_path:
             app.fast_predict = self._asgi_predict
         body_doc = _body_doc
@@ -683,11 +903,9 @@ class ProductionModelServer:
                 raise ApiError(422, "validation_error",
                                f"user_ids has {len(req.user_ids)} entries for {n} rows", "user_ids")
             ids = list(req.user_ids) if req.user_ids is not None else [None] * n
-            try:
-                results = await run_in_threadpool(server._predict_rows, req.batch_features, ids, req.experiment_name)
-            except ApiError:
-                server.error_count += 1
-                raise
+            server.batch_rows.observe(n)
+            results = await run_in_threadpool(server._predict_rows, req.batch_features, ids, req.experiment_name,
+                                              True)
             return _json({
                 "predictions": results,
                 "count": len(results),
@@ -708,7 +926,17 @@ class ProductionModelServer:
             if not items:
                 raise ApiError(422, "validation_error", "give prediction_id and true_label, or feedback",
                                "prediction_id")
-            result = await run_in_threadpool(server.record_feedback, items)
+            fields = [f"feedback.{i}" for i in range(len(req.feedback or []))]
+            if req.prediction_id is not None:
+                fields.insert(0, "prediction_id")
+            result = await run_in_threadpool(server.record_feedback, items, fields)
+            if result["rejected"]:
+                # Good items were recorded; the refused ones are named (the first one in error/field).
+                first = result["rejected"][0]
+                n_bad = len(result["rejected"])
+                message = first["message"] + (f" (and {n_bad - 1} more refused item(s))" if n_bad > 1 else "")
+                return _json({"error": first["error"], "message": message, "field": first["field"], **result},
+                             first["status"])
             return _json(result, 202)
 
         @app.get("/monitoring/status")
@@ -742,6 +970,7 @@ class ProductionModelServer:
         async def admin_load(request: Request) -> Response:
             server._check_admin(request)
             req = await server._body(request, LoadModelRequest)
+            server._check_admin_uri(req.uri)
             try:
                 info = await run_in_threadpool(
                     lambda: server.load_model_version(req.version, uri=req.uri, sha256=req.sha256,
@@ -773,6 +1002,20 @@ class ProductionModelServer:
             return schema
 
         app.openapi = openapi  # type: ignore[method-assign]
+
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi_json(request: Request) -> Response:
+            schema = app.openapi()
+            if not server._is_admin(request):
+                schema = {**schema, "paths": {p: v for p, v in schema["paths"].items() if not p.startswith("/admin")}}
+            return _json(schema)
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> Response:
+            from fastapi.openapi.docs import get_swagger_ui_html
+
+            return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
         return app
 
     def run(self, host: str = "0.0.0.0", port: int = 5000, log_level: str = "info") -> None:
@@ -781,9 +1024,26 @@ class ProductionModelServer:
 
         freeze_startup_heap()
         try:
-            uvicorn.run(self.app, host=host, port=port, log_level=log_level, access_log=False)
+            uvicorn.run(self.app, host=host, port=port, log_level=log_level, access_log=False,
+                        http=HeaderTimeoutProtocol)
         finally:
             self.close()
+
+
+class _ABStoreSink:
+    """Writes queued experiment predictions into the A/B store in one transaction per flush
+    (idempotent per prediction id, so a retried batch is never counted twice)."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+
+    def write(self, predictions: list[Any], feedback: list[Any], batch_key: str | None = None) -> int | None:
+        if predictions:
+            self.manager.record_served(predictions)
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 class _ServerApp(FastAPI):
@@ -794,22 +1054,56 @@ class _ServerApp(FastAPI):
     middleware a user adds, e.g. CORS or auth, also sees ``/predict``)."""
 
     fast_predict: Callable | None = None
+    observe: Callable[..., None] | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if (self.fast_predict is not None and not self.user_middleware and scope["type"] == "http"
-                and scope["method"] == "POST"
-                and (scope["path"] == "/predict" or scope["path"] == scope.get("root_path", "") + "/predict")):
-            await self.fast_predict(scope, receive, send)
+        if scope["type"] != "http" or self.observe is None:
+            await super().__call__(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        start = time.perf_counter()
+        answer: list[Any] = [500, None]  # status, error reason
+
+        async def observed_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                answer[0] = message["status"]
+            elif answer[0] >= 400 and answer[1] is None and message["type"] == "http.response.body":
+                answer[1] = _error_code(message.get("body", b""))
+            await send(message)
+
+        try:
+            if (self.fast_predict is not None and not self.user_middleware and scope["method"] == "POST"
+                    and (scope["path"] == "/predict" or scope["path"] == scope.get("root_path", "") + "/predict")):
+                await self.fast_predict(scope, receive, observed_send)
+            else:
+                await super().__call__(scope, receive, observed_send)
+        finally:
+            arm_tag = next((v.decode("latin-1") for k, v in scope["headers"] if k == _ARM_HEADER_BYTES), None)
+            self.observe(scope["path"], answer[0], answer[1], time.perf_counter() - start, arm_tag)
 
 
-async def _read_body(receive: Callable, limit: int) -> bytes | None:
-    """The whole request body (413 past ``limit``), or None when the client disconnected."""
+def _error_code(body: bytes) -> str | None:
+    """The ``error`` field of one of our JSON error bodies (they are small), else None."""
+    if not body or len(body) > 4096:
+        return None
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    code = value.get("error") if isinstance(value, dict) else None
+    return code if isinstance(code, str) else None
+
+
+async def _read_body(receive: Callable, limit: int, timeout: float) -> bytes | None:
+    """The whole request body (413 past ``limit``, 408 when not received within ``timeout``
+    seconds), or None when the client disconnected."""
     chunks: list[bytes] = []
     size = 0
+    deadline = time.monotonic() + timeout
     while True:
-        message = await receive()
+        try:
+            message = await read_with_timeout(receive, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise ApiError(408, "request_timeout", f"request body not received within {timeout:g} s") from None
         if message["type"] == "http.disconnect":
             return None
         chunk = message.get("body", b"")
@@ -871,8 +1165,16 @@ class _ServerCollector:
             predictions.add_metric([version], n)
         yield predictions
         yield CounterMetricFamily("mlops_server_requests", "Prediction requests received", value=s.request_count)
-        yield CounterMetricFamily("mlops_server_request_errors", "Prediction requests refused", value=s.error_count)
+        errors = CounterMetricFamily("mlops_server_request_errors", "Requests answered with an error, by HTTP "
+                                     "status and reason (the error code in the JSON body)", labels=["code", "reason"])
+        for (code, reason), n in sorted(s.request_errors.items()):
+            errors.add_metric([code, reason], n)
+        yield errors
         yield CounterMetricFamily("mlops_server_feedback", "Feedback events accepted", value=s.feedback_count)
+        yield CounterMetricFamily("mlops_server_feedback_duplicates", "Feedback for an already labelled prediction "
+                                  "id (ignored: the first label wins)", value=s.feedback_duplicates)
+        yield CounterMetricFamily("mlops_server_feedback_rejected", "Feedback items refused (bad id or label)",
+                                  value=s.feedback_rejected)
         r = s.recorder
         yield CounterMetricFamily("mlops_monitoring_records_dropped", "Monitoring records dropped (queue full)",
                                   value=r.dropped_total)
@@ -881,6 +1183,14 @@ class _ServerCollector:
         yield CounterMetricFamily("mlops_monitoring_records_failed", "Monitoring records lost to sink errors",
                                   value=r.failed_total)
         yield GaugeMetricFamily("mlops_monitoring_queue_depth", "Monitoring records waiting", value=r.queued)
+        yield GaugeMetricFamily("mlops_monitoring_retry_buffered", "Monitoring records kept for a retry after the "
+                                "sink failed (disk full, read-only store, sidecar down)", value=r.retry_buffered)
+        yield CounterMetricFamily("mlops_monitoring_sink_failures", "Failed writes to the monitoring sink",
+                                  value=r.sink_failures_total)
+        yield CounterMetricFamily("mlops_monitoring_records_invalid", "Monitoring records dropped alone because "
+                                  "they were invalid (the rest of their batch was written)", value=r.invalid_total)
+        yield GaugeMetricFamily("mlops_server_degraded", "1 while the server serves but cannot record durably",
+                                value=1.0 if s.degradation() else 0.0)
         loaded = GaugeMetricFamily("mlops_server_model_loaded", "1 per loaded version; current=1 marks current",
                                    labels=["version", "current"])
         for version in sorted(s.models):
@@ -908,21 +1218,10 @@ def create_production_server(
     return server
 
 
-def app_from_env() -> FastAPI:
-    """uvicorn factory for ``mlops serve --workers N``: rebuilds the server in each worker from the
-    JSON options the command put in ``MLOPS_SERVE_OPTIONS``."""
-    from mlops.serving.app import build_server_from_options
-
-    options = orjson.loads(os.environ["MLOPS_SERVE_OPTIONS"])
-    app = build_server_from_options(options).app
-    freeze_startup_heap()
-    return app
-
-
 def freeze_startup_heap() -> None:
     """Move everything allocated at start-up (libraries, models) out of the garbage collector's
     reach: otherwise every full collection walks those ~10^6 objects, a pause that shows up as
-    the p99 latency. Called by the server processes we start (``run``, ``app_from_env``) only."""
+    the p99 latency. Called by the server processes we start (``run``, ``app.app_from_env``) only."""
     import gc
 
     gc.collect()

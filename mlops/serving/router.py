@@ -48,6 +48,7 @@ from prometheus_client import (
 
 from mlops.core.arm_tag import HEADER as ARM_HEADER
 from mlops.core.prediction_id import InvalidPredictionId, verify_prediction_id
+from mlops.serving.http_timeouts import HeaderTimeoutProtocol, body_timeout, read_with_timeout
 from mlops.serving.routing_table import RoutingTable, arm_tag, choose_version, load_routing_table
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class RouterApp:
         self,
         table_path: str | Path,
         *,
-        key: bytes,
+        key: bytes | tuple[bytes, ...],
         registry: CollectorRegistry | None = None,
         settings: RouterSettings | None = None,
         rng: random.Random | None = None,
@@ -220,7 +221,28 @@ class RouterApp:
         if path == "/routing" and method == "GET":
             await _respond(send, 200, self.table.to_json().encode(), _JSON)
             return
-        body = await _read_body(receive, self.settings.max_body_bytes)
+        started = False
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._http(scope, receive, tracked_send)
+        except Exception:
+            # Never a plain-text 500 from the server underneath: a JSON error like every other answer.
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await _error(send, 500, "internal router error; see the router log")
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method, path = scope["method"], scope["path"]
+        try:
+            body = await _read_body(receive, self.settings.max_body_bytes, body_timeout())
+        except TimeoutError:
+            await _error(send, 408, f"request body not received within {body_timeout():g} s")
+            return
         if body is None:
             await _error(send, 413, f"request body larger than {self.settings.max_body_bytes} bytes")
             return
@@ -498,12 +520,13 @@ def _feedback_items(payload: Any) -> tuple[list[dict], Callable[[list[dict]], An
     return [], lambda items: items
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
+async def _read_body(receive: Receive, limit: int, timeout: float) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     more = True
+    deadline = time.monotonic() + timeout
     while more:
-        message = await receive()
+        message = await read_with_timeout(receive, max(0.0, deadline - time.monotonic()))
         if message["type"] == "http.disconnect":
             break
         chunk = message.get("body", b"")
@@ -525,9 +548,10 @@ async def _error(send: Send, status: int, message: str, **extra: Any) -> None:
     await _respond(send, status, orjson.dumps({"error": message, **extra}), _JSON)
 
 
-def run_router(table_path: str, host: str, port: int, *, key: bytes, settings: RouterSettings | None = None) -> None:
+def run_router(table_path: str, host: str, port: int, *, key: bytes | tuple[bytes, ...], settings: RouterSettings | None = None) -> None:
     """Serve the router with uvicorn until SIGTERM/SIGINT."""
     import uvicorn
 
     app = RouterApp(table_path, key=key, settings=settings)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                http=HeaderTimeoutProtocol)

@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from pydantic import ValidationError
 
 from mlops.core.arm_counts import table_to_list
-from mlops.serving.events import EVENTS_PATH, EventBatch
+from mlops.serving.events import EVENTS_PATH, EventBatch, EventEnvelope, FeedbackEvent, PredictionEvent
 from mlops.serving.sidecar_metrics import SidecarRecorder, SnapshotCollector, profile_binner, summarize
 
 logger = logging.getLogger(__name__)
@@ -80,16 +80,32 @@ def create_sidecar_app(
     registry: CollectorRegistry | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     batch_id_memory: int = DEFAULT_BATCH_ID_MEMORY,
+    feedback_ledger: str | None = None,
 ) -> FastAPI:
     """Build the sidecar's ASGI app. ``profile`` is a ``mlops.core.profile.BaselineProfile`` (or None:
     then no feature bins, drift or data quality are counted). The recorder is ``app.state.recorder``."""
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-    recorder = SidecarRecorder(model_name, profile_binner(profile) if profile is not None else None)
+    claim = None
+    if feedback_ledger:
+        # Durable first-label-wins per prediction id: a restarted sidecar still ignores replays.
+        import time
+
+        from mlops.store.feedback_store import FeedbackLedger
+
+        ledger = FeedbackLedger(feedback_ledger)
+
+        def claim(items: list[tuple[str, str]]) -> list[bool]:
+            return ledger.claim(items, time.time())
+
+    recorder = SidecarRecorder(model_name, profile_binner(profile) if profile is not None else None,
+                               claim=claim)
     registry.register(SnapshotCollector(recorder))
     batches = Counter("mlops_sidecar_event_batches", "Event batches accepted from the model server.",
                       registry=registry)
     rejected = Counter("mlops_sidecar_rejected_batches", "Event batches refused (malformed or too large).",
                        ["reason"], registry=registry)
+    invalid_events = Counter("mlops_sidecar_invalid_events", "Events dropped alone because they were invalid "
+                             "(the rest of their batch was applied).", ["kind"], registry=registry)
     duplicates = Counter("mlops_sidecar_duplicate_batches", "Event batches ignored: their batch_id was already "
                          "applied (a retry after a lost response).", registry=registry)
     applied = RecentIds(batch_id_memory)
@@ -115,7 +131,7 @@ def create_sidecar_app(
             rejected.labels("too_large").inc()
             return _error(413, f"event batch larger than {max_body_bytes} bytes")
         try:
-            batch = EventBatch.model_validate_json(body)
+            batch = EventEnvelope.model_validate_json(body)
         except ValidationError as exc:
             rejected.labels("invalid").inc()
             problems = [
@@ -125,13 +141,29 @@ def create_sidecar_app(
         if batch.batch_id is not None and batch.batch_id in applied:
             duplicates.inc()
             return _ORJSONResponse({"accepted": 0, "duplicate_batch": batch.batch_id}, status_code=202)
+        # Each event on its own: one bad event (a NaN label, an integer beyond 64 bits) is dropped and
+        # named, and never costs the good events of the same batch.
+        predictions, feedback, problems = [], [], []
+        for kind, raw_items, model, good in (("predictions", batch.predictions, PredictionEvent, predictions),
+                                             ("feedback", batch.feedback, FeedbackEvent, feedback)):
+            for i, raw in enumerate(raw_items):
+                try:
+                    good.append(model.model_validate(raw))
+                except ValidationError as exc:
+                    invalid_events.labels(kind).inc()
+                    first = exc.errors()[0]
+                    problems.append({"field": ".".join(str(p) for p in (kind, i, *first["loc"])),
+                                     "problem": first["msg"]})
         # No await between applying and remembering: a concurrent retry cannot slip in between.
-        recorder.record_predictions(batch.predictions)
-        recorder.record_feedback(batch.feedback)
+        recorder.record_predictions(predictions)
+        recorder.record_feedback(feedback)
         if batch.batch_id is not None:
             applied.add(batch.batch_id)
         batches.inc()
-        return _ORJSONResponse({"accepted": len(batch.predictions) + len(batch.feedback)}, status_code=202)
+        answer: dict[str, Any] = {"accepted": len(predictions) + len(feedback)}
+        if problems:
+            answer.update(invalid=len(problems), details=problems[:20])
+        return _ORJSONResponse(answer, status_code=202)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -172,4 +204,6 @@ def run_sidecar(host: str, port: int, **kwargs: Any) -> None:
     import uvicorn
 
     app = create_sidecar_app(**kwargs)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    from mlops.serving.http_timeouts import HeaderTimeoutProtocol
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=HeaderTimeoutProtocol)

@@ -261,13 +261,17 @@ class SidecarRecorder:
     """
 
     def __init__(self, model_name: str | None = None, binner: Any = None, *,
-                 feature_names: Sequence[str] | None = None, dedupe_capacity: int = 200_000) -> None:
+                 feature_names: Sequence[str] | None = None, dedupe_capacity: int = 200_000,
+                 claim: Any = None) -> None:
         self._lock = threading.Lock()
         self._snap = SidecarSnapshot(model=model_name)
         self._binner = binner
         self._features = list(feature_names) if feature_names is not None else None
         self._seen_feedback: OrderedDict[str, None] = OrderedDict()
         self._dedupe_capacity = dedupe_capacity
+        # claim([(prediction id, label)]) -> [first time?]: a durable ledger (injected by the sidecar
+        # process); without one, the last ``dedupe_capacity`` ids are remembered in memory.
+        self._claim = claim
         self._arms = ArmRecorder()
 
     def arms(self) -> ArmTable:
@@ -331,17 +335,24 @@ class SidecarRecorder:
 
     def record_feedback(self, events: Sequence[Any]) -> None:
         """``events``: objects or dicts with the FeedbackEvent fields."""
+        firsts = (self._claim([(_get(e, "prediction_id"), label_str(_get(e, "true_label"))) for e in events])
+                  if self._claim is not None and events else None)
         with self._lock:
             snap = self._snap
-            for event in events:
+            for i, event in enumerate(events):
                 version = _get(event, "model_version")
                 pid = _get(event, "prediction_id")
-                if pid in self._seen_feedback:
+                if firsts is not None:
+                    duplicate = not firsts[i]
+                else:
+                    duplicate = pid in self._seen_feedback
+                    if not duplicate:
+                        self._seen_feedback[pid] = None
+                        if len(self._seen_feedback) > self._dedupe_capacity:
+                            self._seen_feedback.popitem(last=False)
+                if duplicate:
                     _add(snap.feedback_duplicates, version, 1.0)
                     continue
-                self._seen_feedback[pid] = None
-                if len(self._seen_feedback) > self._dedupe_capacity:
-                    self._seen_feedback.popitem(last=False)
                 _add(snap.feedback, version, 1.0)
                 true, predicted = label_str(_get(event, "true_label")), label_str(_get(event, "prediction"))
                 _add(snap.confusion, (version, true, predicted), 1.0)

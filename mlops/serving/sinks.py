@@ -20,6 +20,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,7 +46,13 @@ class PredictionRecord:
 
 
 class EventSink(Protocol):
-    def write(self, predictions: list[PredictionRecord], feedback: list[FeedbackEvent]) -> None: ...
+    def write(self, predictions: list[PredictionRecord], feedback: list[FeedbackEvent],
+              batch_key: str | None = None) -> int | None:
+        """Write one batch; return how many records were refused as invalid (dropped alone, the rest
+        written), or None. Raise when the batch could not be written (it is retried): before raising,
+        remove from the lists what *was* written, so a retry never writes it twice. ``batch_key`` is
+        the same on every retry of one batch."""
+        ...
 
     def close(self) -> None: ...
 
@@ -53,7 +60,8 @@ class EventSink(Protocol):
 class NullSink:
     """Monitoring disabled: records are counted and discarded."""
 
-    def write(self, predictions: list[PredictionRecord], feedback: list[FeedbackEvent]) -> None:
+    def write(self, predictions: list[PredictionRecord], feedback: list[FeedbackEvent],
+              batch_key: str | None = None) -> int | None:
         return None
 
     def close(self) -> None:
@@ -70,7 +78,8 @@ class MonitorSink:
         self._error_kw = next((k for k in ("error_count", "errors", "n_errors") if k in params), None)
         self._feedback = getattr(monitor, "log_feedback", None) or getattr(monitor, "record_outcomes", None)
 
-    def write(self, predictions: list[PredictionRecord], feedback: list[FeedbackEvent]) -> None:
+    def write(self, predictions: list[PredictionRecord], feedback: list[FeedbackEvent],
+              batch_key: str | None = None) -> int | None:
         import pandas as pd
 
         by_version: dict[str, list[PredictionRecord]] = {}
@@ -79,33 +88,66 @@ class MonitorSink:
         for version, records in by_version.items():
             ok = [r for r in records if not r.error]
             errors = len(records) - len(ok)
-            if not ok:
-                continue
-            frame = pd.DataFrame([r.features for r in ok], columns=self.feature_names(version))
-            kwargs: dict[str, Any] = {
-                "model_version": version,
-                "latency_ms": 1000.0 * sum(r.latency_seconds for r in ok) / len(ok),
-            }
-            if self._error_kw:
-                kwargs[self._error_kw] = errors
-            self.monitor.log_prediction_batch(frame, [r.prediction for r in ok], **kwargs)
+            if ok:
+                frame = pd.DataFrame([r.features for r in ok], columns=self.feature_names(version))
+                kwargs: dict[str, Any] = {
+                    "model_version": version,
+                    "latency_ms": 1000.0 * sum(r.latency_seconds for r in ok) / len(ok),
+                }
+                if self._error_kw:
+                    kwargs[self._error_kw] = errors
+                self.monitor.log_prediction_batch(frame, [r.prediction for r in ok], **kwargs)
+            # Written (durable): a retry after a later group fails must not count these again.
+            written = {id(r) for r in records}
+            predictions[:] = [r for r in predictions if id(r) not in written]
         if feedback and self._feedback is not None:
-            self._feedback(
-                [e.prediction for e in feedback],
-                [e.true_label for e in feedback],
-                model_version=feedback[0].model_version,
-            )
+            feedback_by_version: dict[str, list[FeedbackEvent]] = {}
+            for event in feedback:
+                feedback_by_version.setdefault(event.model_version, []).append(event)
+            for version, events in feedback_by_version.items():
+                self._feedback([e.prediction for e in events], [e.true_label for e in events], model_version=version)
+                done = {id(e) for e in events}
+                feedback[:] = [e for e in feedback if id(e) not in done]
+        return None
 
     def close(self) -> None:
         return None
+
+
+def _prediction_dict(r: PredictionRecord) -> dict[str, Any]:
+    return {
+        "prediction_id": r.prediction_id,
+        "model_name": r.model_name,
+        "model_version": r.model_version,
+        "timestamp": r.timestamp,
+        "latency_seconds": r.latency_seconds,
+        "features": r.features,
+        "prediction": r.prediction,
+        "confidence": r.confidence,
+        "error": r.error,
+    }
+
+
+def _encodable(items: list[Any], encode: Callable[[Any], Any]) -> tuple[list[Any], int]:
+    """The items that serialise to JSON on their own, and how many did not."""
+    good = []
+    for item in items:
+        try:
+            orjson.dumps(encode(item))
+        except (TypeError, ValueError):
+            continue
+        good.append(item)
+    return good, len(items) - len(good)
 
 
 class SidecarSink:
     """POSTs ``{"predictions": [...], "feedback": [...], "batch_id": ...}`` to ``<sidecar>/v1/events``.
 
     A failed POST is retried with the same body: when only the response was lost the sidecar has
-    already applied the batch, and its ``batch_id`` (unique per batch, the same on every retry) makes
-    the sidecar ignore the repeat instead of counting it twice."""
+    already applied the batch, and its ``batch_id`` (unique per batch, the same on every retry, also
+    across the Recorder's later retries) makes the sidecar ignore the repeat instead of counting it
+    twice. A record that cannot be encoded (e.g. an integer beyond 64 bits) is dropped alone and
+    counted; the sidecar validates events one by one and drops only the invalid ones, too."""
 
     def __init__(self, base_url: str, timeout: float = 5.0, retries: int = 2) -> None:
         import httpx
@@ -116,35 +158,30 @@ class SidecarSink:
         self._batch_prefix = f"{secrets.token_hex(8)}-"
         self._batches = itertools.count()
 
-    def write(self, predictions: list[PredictionRecord], feedback: list[FeedbackEvent]) -> None:
+    def write(self, predictions: list[PredictionRecord], feedback: list[FeedbackEvent],
+              batch_key: str | None = None) -> int | None:
         import httpx
 
-        body = orjson.dumps(
-            {
-                "predictions": [
-                    {
-                        "prediction_id": r.prediction_id,
-                        "model_name": r.model_name,
-                        "model_version": r.model_version,
-                        "timestamp": r.timestamp,
-                        "latency_seconds": r.latency_seconds,
-                        "features": r.features,
-                        "prediction": r.prediction,
-                        "confidence": r.confidence,
-                        "error": r.error,
-                    }
-                    for r in predictions
-                ],
-                "feedback": [e.model_dump() for e in feedback],
-                "batch_id": f"{self._batch_prefix}{next(self._batches)}",
-            }
-        )
+        batch_id = f"{self._batch_prefix}{batch_key if batch_key is not None else next(self._batches)}"
+        invalid = 0
+        payload = {"predictions": [_prediction_dict(r) for r in predictions],
+                   "feedback": [e.model_dump() for e in feedback], "batch_id": batch_id}
+        try:
+            body = orjson.dumps(payload)
+        except (TypeError, ValueError):
+            good_p, bad_p = _encodable(predictions, _prediction_dict)
+            good_f, bad_f = _encodable(feedback, lambda e: e.model_dump())
+            invalid = bad_p + bad_f
+            logger.warning("dropped %d monitoring record(s) that cannot be encoded as JSON", invalid)
+            body = orjson.dumps({"predictions": [_prediction_dict(r) for r in good_p],
+                                 "feedback": [e.model_dump() for e in good_f], "batch_id": batch_id})
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             try:
                 resp = self._client.post(self.url, content=body, headers={"content-type": "application/json"})
                 if resp.status_code < 300:
-                    return
+                    answer = resp.json() if resp.content else {}
+                    return invalid + int(answer.get("invalid", 0) if isinstance(answer, dict) else 0)
                 last = RuntimeError(f"sidecar answered HTTP {resp.status_code}: {resp.text[:200]}")
             except httpx.HTTPError as exc:
                 last = exc
@@ -156,7 +193,12 @@ class SidecarSink:
 
 
 class Recorder:
-    """Bounded buffer + one flusher thread (group commit). Thread-safe; never blocks the caller."""
+    """Bounded buffer + one flusher thread (group commit). Thread-safe; never blocks the caller.
+
+    A batch the sink cannot write (disk full, read-only store, sidecar down) is kept in a bounded
+    retry buffer (``retry_capacity`` records) and written first at the next flush; when the buffer
+    overflows, the oldest batch is dropped and counted in ``failed_total``. ``sink_error`` holds the
+    last failure until a write succeeds again (the server reports itself ``degraded`` meanwhile)."""
 
     def __init__(
         self,
@@ -164,13 +206,17 @@ class Recorder:
         capacity: int = 100_000,
         batch_size: int = 2_000,
         flush_interval: float = 1.0,
+        retry_capacity: int = 50_000,
     ) -> None:
         self.sink = sink
         self.capacity = capacity
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.retry_capacity = retry_capacity
         self._predictions: list[PredictionRecord] = []
         self._feedback: list[FeedbackEvent] = []
+        self._retry: deque[tuple[str, list[PredictionRecord], list[FeedbackEvent]]] = deque()
+        self._keys = itertools.count()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -179,7 +225,10 @@ class Recorder:
         self.dropped_total = 0
         self.written_total = 0
         self.failed_total = 0
+        self.invalid_total = 0
         self.flushes_total = 0
+        self.sink_failures_total = 0
+        self.sink_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="mlops-recorder", daemon=True)
         self._thread.start()
 
@@ -211,23 +260,54 @@ class Recorder:
         with self._lock:
             return len(self._predictions) + len(self._feedback)
 
+    @property
+    def retry_buffered(self) -> int:
+        return sum(len(p) + len(f) for _, p, f in list(self._retry))
+
     def flush(self) -> int:
-        """Write everything buffered now; returns how many records were written."""
+        """Write what failed before, then everything buffered now; returns how many records were written."""
         with self._flush_lock:
             with self._lock:
                 predictions, self._predictions = self._predictions, []
                 feedback, self._feedback = self._feedback, []
-            if not predictions and not feedback:
-                return 0
-            try:
-                self.sink.write(predictions, feedback)
-            except Exception:  # noqa: BLE001 - a failing sink must not kill the flusher; counted and logged
-                self.failed_total += len(predictions) + len(feedback)
-                logger.exception("monitoring sink failed; %d records lost", len(predictions) + len(feedback))
-                return 0
-            self.written_total += len(predictions) + len(feedback)
-            self.flushes_total += 1
-            return len(predictions) + len(feedback)
+            if predictions or feedback:
+                self._retry.append((str(next(self._keys)), predictions, feedback))
+            written = 0
+            while self._retry:
+                key, preds, fb = self._retry[0]
+                size = len(preds) + len(fb)
+                try:
+                    invalid = self.sink.write(preds, fb, key) or 0
+                except Exception as exc:  # noqa: BLE001 - kept for a retry, counted and reported; never fatal
+                    self.sink_failures_total += 1
+                    self.written_total += size - len(preds) - len(fb)  # what the sink managed to write
+                    written += size - len(preds) - len(fb)
+                    if self.sink_error is None:
+                        logger.error("monitoring sink failed (%s); %d record(s) kept for a retry", exc,
+                                     self.retry_buffered)
+                    self.sink_error = f"{type(exc).__name__}: {exc}"[:300]
+                    self._trim_retry()
+                    break
+                self._retry.popleft()
+                self.invalid_total += invalid
+                self.written_total += size - invalid
+                written += size - invalid
+                self.flushes_total += 1
+                if self.sink_error is not None:
+                    logger.warning("monitoring sink recovered")
+                    self.sink_error = None
+            return written
+
+    def _trim_retry(self) -> None:
+        while len(self._retry) > 1 and self.retry_buffered > self.retry_capacity:
+            _, preds, fb = self._retry.popleft()
+            self.failed_total += len(preds) + len(fb)
+        if self._retry and self.retry_buffered > self.retry_capacity:
+            key, preds, fb = self._retry[0]
+            excess = self.retry_buffered - self.retry_capacity
+            cut_p = min(excess, len(preds))
+            self._retry[0] = (key, preds[cut_p:], fb[excess - cut_p:])
+            self.failed_total += excess
 
     def _run(self) -> None:
         while True:
@@ -239,12 +319,18 @@ class Recorder:
                     return
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop accepting, drain everything to the sink, close the sink."""
+        """Stop accepting, drain everything to the sink (what it still refuses is counted as
+        failed), close the sink."""
         with self._lock:
             self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
         self.flush()
+        lost = self.retry_buffered
+        if lost:
+            self.failed_total += lost
+            self._retry.clear()
+            logger.error("monitoring sink still failing at shutdown; %d record(s) lost", lost)
         try:
             self.sink.close()
         except Exception:  # noqa: BLE001 - closing is best effort at shutdown

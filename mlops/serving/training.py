@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from mlops.serving.model_store import FeatureSchema, FeatureSpec, ModelMetadata, sha256_hex
+from mlops.serving.model_store import FeatureSchema, FeatureSpec, ModelMetadata, embed_metadata, sha256_hex
 
 Algorithm = Literal["logistic", "forest"]
 
@@ -154,7 +154,9 @@ def train(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = sio.dumps(model)
+    classes = [c.item() if hasattr(c, "item") else c for c in model.classes_]
+    # The schema travels inside the model file, so the sha256 users pin covers it (model_store).
+    data = sio.dumps(embed_metadata(model, ModelMetadata(feature_schema=schema, classes=classes, label=label)))
     digest = sha256_hex(data)
     (out / "model.skops").write_bytes(data)
     (out / "model.sha256").write_text(f"{digest}  model.skops\n")
@@ -164,7 +166,7 @@ def train(
         format="skops",
         sha256=digest,
         label=label,
-        classes=[c.item() if hasattr(c, "item") else c for c in model.classes_],
+        classes=classes,
         feature_schema=schema,
         metrics=metrics,
         trained_at=clock(),

@@ -168,6 +168,11 @@ class PredictionRecord:
     phase: int = 0
 
 
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
 class ExperimentExists(ValueError):
     """An experiment with this name already exists."""
 
@@ -283,25 +288,56 @@ class ABStore:
                 (rec.id, rec.experiment, rec.user_id, rec.variant, int(rec.counted), rec.model_version,
                  json.dumps(to_jsonable(rec.prediction)), rec.latency_ms, rec.created_at, int(rec.phase)),
             )
-            if not rec.counted:
-                return
-            self._add_unit(conn, rec.experiment, int(rec.phase), rec.user_id, rec.variant, "latency", 1.0,
-                           float(rec.latency_ms))
-            new_user = conn.execute(
-                "INSERT OR IGNORE INTO ab_exposures(experiment, user_id, variant, share, first_seen)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (rec.experiment, rec.user_id, rec.variant, rec.share, rec.created_at),
-            ).rowcount
-            conn.execute(
-                "UPDATE ab_counters SET users = users + ?, predictions = predictions + 1,"
-                " latency_sum = latency_sum + ?, latency_sumsq = latency_sumsq + ?"
-                " WHERE experiment = ? AND variant = ?",
-                (new_user, rec.latency_ms, rec.latency_ms * rec.latency_ms, rec.experiment, rec.variant),
+            self._count(conn, rec)
+
+    def record_predictions(self, records: Iterable[PredictionRecord]) -> int:
+        """Many predictions in one transaction (the model server's group commit), counted exactly as
+        ``record_prediction`` one by one (per-user units per phase included). Idempotent: a record whose
+        id is already stored (a retried batch) is skipped. Returns how many were new."""
+        records = list(records)
+        if not records:
+            return 0
+        with self.db.transaction() as conn:
+            existing: set[str] = set()
+            for chunk in _chunks([r.id for r in records], 500):
+                marks = ",".join("?" * len(chunk))
+                existing.update(row[0] for row in conn.execute(
+                    f"SELECT id FROM ab_predictions WHERE id IN ({marks})", chunk))
+            fresh, seen = [], set(existing)
+            for rec in records:
+                if rec.id not in seen:
+                    seen.add(rec.id)
+                    fresh.append(rec)
+            conn.executemany(
+                "INSERT INTO ab_predictions(id, experiment, user_id, variant, counted, model_version, prediction,"
+                " latency_ms, created_at, phase) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.id, r.experiment, r.user_id, r.variant, int(r.counted), r.model_version,
+                  json.dumps(to_jsonable(r.prediction)), r.latency_ms, r.created_at, int(r.phase)) for r in fresh],
             )
-            if new_user:
-                conn.execute(
-                    "UPDATE ab_experiments SET share_sum = share_sum + ? WHERE name = ?", (rec.share, rec.experiment)
-                )
+            for rec in fresh:
+                self._count(conn, rec)
+        return len(fresh)
+
+    def _count(self, conn: sqlite3.Connection, rec: PredictionRecord) -> None:
+        if not rec.counted:
+            return
+        self._add_unit(conn, rec.experiment, int(rec.phase), rec.user_id, rec.variant, "latency", 1.0,
+                       float(rec.latency_ms))
+        new_user = conn.execute(
+            "INSERT OR IGNORE INTO ab_exposures(experiment, user_id, variant, share, first_seen)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (rec.experiment, rec.user_id, rec.variant, rec.share, rec.created_at),
+        ).rowcount
+        conn.execute(
+            "UPDATE ab_counters SET users = users + ?, predictions = predictions + 1,"
+            " latency_sum = latency_sum + ?, latency_sumsq = latency_sumsq + ?"
+            " WHERE experiment = ? AND variant = ?",
+            (new_user, rec.latency_ms, rec.latency_ms * rec.latency_ms, rec.experiment, rec.variant),
+        )
+        if new_user:
+            conn.execute(
+                "UPDATE ab_experiments SET share_sum = share_sum + ? WHERE name = ?", (rec.share, rec.experiment)
+            )
 
     def _label(self, conn: sqlite3.Connection, row: sqlite3.Row, true_label: Any, now: float) -> None:
         conn.execute(

@@ -8,6 +8,7 @@ endpoint override file.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -229,6 +230,10 @@ def test_examples_reconcile_to_ready_in_the_restricted_namespace(cluster, admin,
             refs = obj["metadata"]["ownerReferences"]
             assert refs == [{"apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "ModelDeployment", "name": name,
                              "uid": cr["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+        # The signing key router and model pods share: one Secret, owned, created once with >= 32 bytes.
+        secret = admin.get("Secret", ns, n.signing_key_secret_name(name))
+        assert secret is not None and secret["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
+        assert len(base64.b64decode(secret["data"]["key"])) >= 32
         st = cr["status"]
         assert condition(cr, "Ready")["status"] == "True"
         assert st["url"] == f"http://{name}.{ns}.svc.cluster.local"
@@ -269,6 +274,7 @@ def test_updates_touch_only_what_changed_prune_and_garbage_collection(cluster, a
 
     wait_until(lambda: is_ready(admin, ns, "m"), 30, "m settled")
     time.sleep(1)
+    key_before = admin.get("Secret", ns, "m-signing-key")["data"]["key"]
     before, applied_before = fingerprint(), applies()
     time.sleep(6)  # at least one periodic resync: nothing changed, so nothing is even sent
     assert changed(before, fingerprint()) == set()
@@ -302,7 +308,9 @@ def test_updates_touch_only_what_changed_prune_and_garbage_collection(cluster, a
     assert events(admin, ns, "Pruned")
     wait_until(lambda: not admin.list("Pod", ns, f"{n.LABEL_VERSION}=v2"), 60, "v2 pods gone")
 
+    assert admin.get("Secret", ns, "m-signing-key")["data"]["key"] == key_before  # never regenerated
     cluster.kubectl("delete", "-n", ns, "modeldeployment", "m", "--wait=true", "--timeout=30s")
+    wait_until(lambda: admin.get("Secret", ns, "m-signing-key") is None, 60, "signing key garbage-collected")
     wait_until(lambda: not owned_objects(admin, ns, "m") and not admin.list("Pod", ns, f"{n.LABEL_DEPLOYMENT}=m"),
                60, "garbage collection of everything m owned")
 

@@ -28,7 +28,7 @@ from mlops.serving.sidecar_metrics import parse_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-KEY = "router-test-key"
+KEY = "router-test-key-0123456789abcdef-0123456789"  # >= 32 bytes, as required
 FEATURES = {"Age": 72.0, "MMSE": 23.0, "EDUC": 16.0}
 
 
@@ -106,7 +106,12 @@ class ConfigMapDir:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("router")
-    env = {**os.environ, "MLOPS_PREDICTION_ID_KEY": KEY, "MLOPS_HOME": str(root / "home")}
+    # One key for the router and every server, read from one file (as mounted from the operator's Secret).
+    key_file = root / "signing-key" / "key"
+    key_file.parent.mkdir()
+    key_file.write_text(KEY + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_PREDICTION_ID")}
+    env.update({"MLOPS_PREDICTION_ID_KEY_FILE": str(key_file), "MLOPS_HOME": str(root / "home")})
     rng = np.random.default_rng(5)
     n = 400
     frame = pd.DataFrame({"Age": rng.normal(75, 8, n).round(1), "MMSE": rng.integers(15, 31, n).astype(float),
@@ -269,6 +274,7 @@ def test_feedback_reaches_the_version_that_served_and_forged_ids_are_refused(sta
             f"{prefix}.{edited}.{signature}",  # payload re-pointed at the other version
             sign_prediction_id(b"not-the-key", other, "1", "nonce"),  # signed with a different key
             "garbage",
+            f"{prefix}.{payload}.{signature[:-1]}é",  # non-ASCII signature (was a plain-text 500)
         ]
         for pid in forged:
             response = client.post(router + "/feedback", json={"prediction_id": pid, "true_label": 1})
@@ -280,7 +286,7 @@ def test_feedback_reaches_the_version_that_served_and_forged_ids_are_refused(sta
         assert {v: _sidecar_feedback(url).get(v, 0.0) for v, url in sidecars.items()} == {
             v: before[v] + by_version[v] for v in sidecars}
         metrics = client.get(router + "/metrics").text
-        assert 'mlops_router_feedback_rejected_total{reason="invalid_id"} 4.0' in metrics
+        assert 'mlops_router_feedback_rejected_total{reason="invalid_id"} 5.0' in metrics
         assert 'mlops_router_requests_total{variant="treatment",version="v2"}' in metrics
 
 
@@ -304,3 +310,19 @@ def test_upstream_down_is_502_and_hanging_is_504(stack):
     finally:
         hanging.close()
         config.write(_table(stack["urls"], 0.3))
+
+
+def test_an_id_signed_by_one_server_verifies_in_another(stack):
+    """Two separate `mlops serve` processes read one key file: ids one signs, the other accepts."""
+    router, urls = stack["router"], stack["urls"]
+    with httpx.Client(timeout=10.0) as client:
+        answers = _served(client, router, [f"cross_{i}" for i in range(30)])
+        for answer in answers.values():
+            other = "v2" if answer["model_version"] == "v1" else "v1"
+            response = client.post(urls[other] + "/feedback",
+                                   json={"prediction_id": answer["prediction_id"], "true_label": 1})
+            assert response.status_code == 202, response.text
+        forged = sign_prediction_id(b"a-different-key-of-at-least-32-bytes!!", "v1", "1", "n")
+        for url in urls.values():
+            response = client.post(url + "/feedback", json={"prediction_id": forged, "true_label": 1})
+            assert response.status_code == 400, response.text

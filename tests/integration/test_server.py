@@ -37,9 +37,9 @@ def artifacts(tmp_path):
 
 
 @pytest.fixture()
-def server(artifacts):
+def server(artifacts, tmp_path):
     srv = create_production_server("m", enable_ab_testing=False, admin_token="secret", prediction_key=KEY,
-                                   registry=CollectorRegistry(), flush_interval=0.05)
+                                   registry=CollectorRegistry(), flush_interval=0.05, model_root=tmp_path)
     srv.load_model_version("v1", uri=artifacts["v1"][0], sha256=artifacts["v1"][1])
     yield srv
     srv.close()
@@ -62,7 +62,7 @@ def test_health_is_503_until_a_model_is_loaded(artifacts):
         body = c.get("/health").json()
         assert body["status"] == "healthy" and body["current_model_version"] == "v1"
         assert set(body) == {"status", "model_name", "current_model_version", "uptime_seconds", "request_count",
-                             "error_count", "models_loaded"}
+                             "error_count", "models_loaded", "degraded_reasons"}
 
 
 def test_predict_returns_signed_id_and_is_recorded(server, client):
@@ -170,9 +170,10 @@ def test_feedback_verifies_ids(client, server):
     forged = sign_prediction_id(b"other key", "v1", "1", "n")
     bad = client.post("/feedback", json={"prediction_id": forged, "true_label": 1})
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_prediction_id"
+    # Replays of an id already labelled: the first label wins, the rest are counted as duplicates.
     many = client.post("/feedback", json={"feedback": [{"prediction_id": pid, "true_label": 0}] * 3})
-    assert many.json()["accepted"] == 3
-    assert server.feedback_count == 4
+    assert many.status_code == 202 and many.json()["accepted"] == 0 and many.json()["duplicates"] == 3
+    assert server.feedback_count == 1 and server.feedback_duplicates == 3
 
 
 def test_metrics_exposition(client):
@@ -284,3 +285,106 @@ def test_middleware_added_by_a_user_also_sees_predict(server):
     with TestClient(server.app) as c:
         assert c.post("/predict", json={"features": ROW}).status_code == 200
     assert seen == ["/predict"]
+
+
+def test_admin_loads_model_files_only_under_the_model_root(client, server, artifacts, tmp_path):
+    """Reproduced: /admin/models answered the sha256 of any local file it was pointed at."""
+    auth = {"authorization": "Bearer secret"}
+    secret_file = tmp_path.parent / "outside.txt"
+    secret_file.write_text("not a model")
+    for uri in (str(secret_file), secret_file.as_uri(), "/etc/passwd", str(tmp_path / ".." / "outside.txt")):
+        r = client.post("/admin/models", json={"version": "x", "uri": uri}, headers=auth)
+        assert r.status_code == 403 and r.json()["error"] == "path_refused", r.text
+    inside = tmp_path / "notes.txt"
+    inside.write_text("hello")
+    r = client.post("/admin/models", json={"version": "x", "uri": str(inside)}, headers=auth)
+    assert r.status_code == 403 and r.json()["error"] == "path_refused"
+    r = client.post("/admin/models", json={"version": "x", "uri": artifacts["v2"][0], "sha256": "0" * 64},
+                    headers=auth)
+    assert r.status_code == 422 and artifacts["v2"][1] not in r.text  # the actual digest is never echoed
+    no_root = create_production_server("m", enable_monitoring=False, enable_ab_testing=False, admin_token="t")
+    with TestClient(no_root.app) as c:
+        r = c.post("/admin/models", json={"version": "x", "uri": artifacts["v2"][0]},
+                   headers={"authorization": "Bearer t"})
+        assert r.status_code == 403 and r.json()["error"] == "model_root_unset"
+    no_root.close()
+
+
+def test_admin_refuses_joblib_without_the_flag_and_redirects_to_other_hosts(client, server, tmp_path):
+    import http.server
+    import threading
+
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    from mlops.serving.model_store import sha256_hex
+
+    auth = {"authorization": "Bearer secret"}
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    path = tmp_path / "model.joblib"
+    joblib.dump(LogisticRegression().fit(x, (x[:, 0] > 0).astype(int)), path)
+    r = client.post("/admin/models", json={"version": "j", "uri": str(path), "format": "joblib",
+                                           "sha256": sha256_hex(path.read_bytes())}, headers=auth)
+    assert r.status_code == 422 and "--allow-unsafe-formats" in r.json()["message"], r.text
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            target = "http://127.0.0.2:9/model.skops" if "away" in self.path else "/model-here.skops"
+            if self.path.endswith("model-here.skops"):
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        r = client.post("/admin/models", json={"version": "r", "uri": f"{base}/away/model.skops",
+                                               "sha256": "0" * 64}, headers=auth)
+        assert r.status_code == 422 and "redirects to another host" in r.json()["message"], r.text
+        same = client.post("/admin/models", json={"version": "r", "uri": f"{base}/model.skops", "sha256": "0" * 64},
+                           headers=auth)
+        assert same.status_code == 422 and "HTTP 404" in same.json()["message"]  # followed on the same host
+    finally:
+        httpd.shutdown()
+
+
+def test_request_errors_reach_metrics_and_monitoring_and_latency_is_a_histogram(client, server):
+    """Reproduced: monitoring never saw request errors; request_errors missed 5xx and schema 4xx;
+    no latency histogram on /metrics."""
+    client.post("/predict", json={"features": ROW})
+    client.post("/predict", json={"features": {"a": "x", "b": 1.0}})  # invalid_feature
+    client.post("/predict", json={"nope": 1})  # schema 4xx
+    client.post("/predict", content=b"{", headers={"content-type": "application/json"})  # malformed
+    client.post("/predict/batch", json={"batch_features": [ROW, ROW, ROW]})
+    client.get("/no-such-route")
+    text = client.get("/metrics").text
+    assert 'mlops_server_request_errors_total{code="422",reason="invalid_feature"} 1.0' in text
+    assert 'mlops_server_request_errors_total{code="422",reason="validation_error"} 1.0' in text
+    assert 'mlops_server_request_errors_total{code="400",reason="malformed_json"} 1.0' in text
+    assert 'mlops_server_request_errors_total{code="404",reason="not_found"} 1.0' in text
+    assert 'mlops_server_request_duration_seconds_count{route="/predict"} 4.0' in text
+    assert 'mlops_server_request_duration_seconds_bucket{le="0.005",route="/predict"}' in text
+    assert "mlops_server_micro_batch_rows_count 1.0" in text
+    assert 'mlops_server_batch_request_rows_bucket{le="4.0"} 1.0' in text
+    server.recorder.flush()
+    summary = server.monitor.get_monitoring_summary(hours=1)
+    assert summary["failed_predictions"] == 3 and summary["total_predictions"] == 4
+
+
+def test_docs_hide_admin_routes_without_the_token(client):
+    public = client.get("/openapi.json").json()
+    assert not [p for p in public["paths"] if p.startswith("/admin")]
+    assert "/predict" in public["paths"]
+    assert client.get("/docs").status_code == 200
+    admin = client.get("/openapi.json", headers={"authorization": "Bearer secret"}).json()
+    assert "/admin/models" in admin["paths"]
+    wrong = client.get("/openapi.json", headers={"authorization": "Bearer nope"}).json()
+    assert "/admin/models" not in wrong["paths"]

@@ -154,7 +154,7 @@ def test_two_workers_serve_and_drain(tmp_path, monkeypatch):
     SIGTERM each drains its monitoring queue into the shared SQLite store."""
     from mlops.core.prediction_id import verify_prediction_id
 
-    monkeypatch.setenv("MLOPS_PREDICTION_ID_KEY", "two-workers-key")
+    monkeypatch.setenv("MLOPS_PREDICTION_ID_KEY", "two-workers-key-0123456789abcdef-01234")
     proc, port = _start(tmp_path, "--workers", "2", "--flush-interval", "30")
     served: list[str] = []
     try:
@@ -168,7 +168,7 @@ def test_two_workers_serve_and_drain(tmp_path, monkeypatch):
     finally:
         if proc.poll() is None:
             proc.kill()
-    key = b"two-workers-key"
+    key = b"two-workers-key-0123456789abcdef-01234"
     workers = {verify_prediction_id(key, pid).nonce[:8] for pid in served}  # per-process id prefix
     assert len(workers) == 2
     from mlops.monitoring.production_monitor import create_production_monitor

@@ -14,6 +14,8 @@ from mlops.serving.model_store import (
     FeatureError,
     IntegrityError,
     ModelLoadError,
+    UnsafeFormatError,
+    deserialize,
     load_model,
     sha256_hex,
 )
@@ -80,10 +82,66 @@ def test_joblib_only_when_pinned(tmp_path):
     model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
     path = tmp_path / "model.joblib"
     joblib.dump(model, path)
+    digest = sha256_hex(path.read_bytes())
     with pytest.raises(ModelLoadError, match="pinned"):
         load_model(str(path), fmt="joblib")
-    loaded = load_model(str(path), fmt="joblib", sha256=sha256_hex(path.read_bytes()), version="j1")
+    # Reproduced: a joblib artifact with a self-computed sha256 ran arbitrary code. Now pickle needs
+    # the server's explicit --allow-unsafe-formats, and still a pin.
+    with pytest.raises(UnsafeFormatError, match="--allow-unsafe-formats"):
+        load_model(str(path), fmt="joblib", sha256=digest)
+    with pytest.raises(ModelLoadError, match="pinned"):
+        deserialize(path.read_bytes(), "joblib", sha256_pinned=False, allow_unsafe=True)
+    loaded = load_model(str(path), fmt="joblib", sha256=digest, version="j1", allow_unsafe=True)
     assert loaded.names == ["x0", "x1"] and loaded.version == "j1"
+
+
+def test_skops_trusted_types_match_by_exact_name(tmp_path):
+    """Reproduced: trusted types matched by prefix, so FunctionTransformer(func=exec) loaded."""
+    import skops.io as sio
+    from sklearn.preprocessing import FunctionTransformer
+
+    path = tmp_path / "model.skops"
+    sio.dump(FunctionTransformer(func=exec, inverse_func=eval), path)
+    with pytest.raises(ModelLoadError, match="builtins.exec"):
+        load_model(str(path), sha256=sha256_hex(path.read_bytes()))
+
+
+def test_pin_covers_the_feature_schema(artifact):
+    """Reproduced: swapping two columns in metadata.json loaded silently and flipped predictions."""
+    folder, meta = artifact
+    original = load_model(str(folder / "model.skops"), sha256=meta.sha256)
+    doc = json.loads((folder / "metadata.json").read_text())
+    features = doc["feature_schema"]["features"]
+    features[0], features[1] = features[1], features[0]
+    (folder / "metadata.json").write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match="does not match the schema inside"):
+        load_model(str(folder / "model.skops"), sha256=meta.sha256)
+    (folder / "metadata.json").unlink()  # without metadata.json the embedded schema is used as is
+    assert load_model(str(folder / "model.skops"), sha256=meta.sha256).names == original.names
+
+
+def test_unpinned_load_needs_what_the_trainer_wrote(artifact, tmp_path):
+    """Reproduced: a replaced model with a rewritten sha in metadata.json loaded silently."""
+    import shutil
+
+    folder, meta = artifact
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    attacker = tmp_path / "attacker"
+    from mlops.serving.training import train
+
+    rng = np.random.default_rng(9)
+    train(pd.DataFrame({"a": rng.normal(size=50), "b": rng.normal(size=50), "y": rng.integers(0, 2, 50)}), "y",
+          attacker)
+    shutil.copy(attacker / "model.skops", other / "model.skops")
+    doc = json.loads((other / "metadata.json").read_text())
+    doc["sha256"] = sha256_hex((other / "model.skops").read_bytes())
+    (other / "metadata.json").write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match="disagree"):
+        load_model(str(other / "model.skops"))
+    (other / "model.sha256").unlink()
+    with pytest.raises(ModelLoadError, match="no sha256 pinned"):
+        load_model(str(other / "model.skops"))
 
 
 def test_skops_refuses_untrusted_types(tmp_path):
@@ -97,9 +155,9 @@ def test_skops_refuses_untrusted_types(tmp_path):
 
 def test_missing_file_and_bad_scheme_are_load_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="cannot read"):
-        load_model(str(tmp_path / "nope.skops"))
+        load_model(str(tmp_path / "nope.skops"), sha256="0" * 64)
     with pytest.raises(ModelLoadError, match="scheme"):
-        load_model("s3://bucket/model.skops")
+        load_model("s3://bucket/model.skops", sha256="0" * 64)
 
 
 def test_feature_errors_name_the_feature(artifact):

@@ -125,7 +125,7 @@ def test_every_pod_meets_the_restricted_pod_security_profile():
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, c["name"]
             assert "hostPort" not in json.dumps(c)
         for vol in pod["volumes"]:
-            assert set(vol) - {"name"} <= {"emptyDir", "configMap"}, vol
+            assert set(vol) - {"name"} <= {"emptyDir", "configMap", "secret"}, vol
 
 
 def test_version_pod_runs_model_and_monitor_with_a_verifying_init_container():
@@ -285,3 +285,47 @@ def test_autoscaled_version_gets_an_hpa_and_no_replicas():
     plain = {(o["kind"], o["metadata"]["name"]): o for o in desired_objects(mdep())}
     assert plain[("Deployment", "alz-v1")]["spec"]["replicas"] == 1
     assert not any(k[0] == "HorizontalPodAutoscaler" for k in plain)
+
+
+def test_router_and_model_containers_mount_the_signing_key_read_only():
+    from mlops.operator.resources.signing_key import SIGNING_KEY_DIR
+
+    objects = desired_objects(two_versions())
+    secret_name = n.signing_key_secret_name("alz")
+    assert secret_name == "alz-signing-key"
+    assert not [o for o in objects if o["kind"] == "Secret"]  # created once by the handler, never re-applied
+    mounted = []
+    for pod in pod_specs(objects):
+        volume = next(v for v in pod["volumes"] if v.get("secret"))
+        assert volume["secret"]["secretName"] == secret_name
+        for c in pod["containers"]:
+            if c["name"] == "monitor":
+                assert not any(m["name"] == volume["name"] for m in c["volumeMounts"])
+                continue
+            mount = next(m for m in c["volumeMounts"] if m["name"] == volume["name"])
+            assert mount == {"name": volume["name"], "mountPath": SIGNING_KEY_DIR, "readOnly": True}
+            env = {e["name"]: e["value"] for e in c["env"]}
+            assert env["MLOPS_PREDICTION_ID_KEY_FILE"] == f"{SIGNING_KEY_DIR}/key"
+            assert env["MLOPS_PREDICTION_ID_PREVIOUS_KEY_FILE"] == f"{SIGNING_KEY_DIR}/previous-key"
+            mounted.append(c["name"])
+    assert sorted(mounted) == ["model", "model", "router"]
+
+
+def test_signing_key_secret_is_owned_and_refuses_short_keys():
+    import base64
+
+    from mlops.operator.resources.signing_key import signing_key_secret
+
+    secret = signing_key_secret(mdep(), "k" * 64)
+    assert secret["metadata"]["name"] == "alz-signing-key"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "1234-uid"
+    assert base64.b64decode(secret["data"]["key"]) == b"k" * 64
+    with pytest.raises(ValueError):
+        signing_key_secret(mdep(), "short")
+
+
+def test_a_version_named_like_the_signing_key_secret_is_an_invalid_spec():
+    bad = mdep(versions=[{"name": "signing-key", "artifact": {"uri": "https://x/m.skops", "sha256": SHA_A}}],
+               stableVersion="signing-key")
+    with pytest.raises(InvalidSpec):
+        plan(bad)

@@ -56,3 +56,21 @@ def test_empty_key_refused():
 def test_key_from_environ():
     assert key_from_environ({"MLOPS_PREDICTION_ID_KEY": "s3"}) == b"s3"
     assert key_from_environ({}) is None
+
+
+def test_non_ascii_signature_is_invalid_not_a_crash():
+    """Reproduced: a non-ASCII character in the signature made hmac.compare_digest raise TypeError (500)."""
+    pid = sign_prediction_id(KEY, "v1", "0", "n")
+    forged = pid[:-1] + "é"
+    with pytest.raises(InvalidPredictionId, match="non-ASCII"):
+        verify_prediction_id(KEY, forged)
+    with pytest.raises(InvalidPredictionId):
+        verify_prediction_id(KEY, "p1.ü.ü")
+
+
+def test_previous_key_accepted_during_rotation():
+    old, new = b"o" * 32, b"n" * 32
+    pid = sign_prediction_id(old, "v1", "1", "n")
+    assert verify_prediction_id([new, old], pid).version == "v1"
+    with pytest.raises(InvalidPredictionId):
+        verify_prediction_id([new], pid)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlops.operator.resources import naming as n
+from mlops.operator.resources.signing_key import signing_key_env, signing_key_mount, signing_key_volume
 from mlops.operator.resources.spec import InvalidSpec, normalize_spec
 from mlops.serving.routing_table import ExperimentRoute, RoutingTable, VersionRoute
 
@@ -141,6 +142,7 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
         {"name": "MLOPS_HOME", "value": "/var/lib/mlops"},
         {"name": "MLOPS_MODEL_NAME", "value": spec["modelName"]},
         {"name": "MLOPS_MODEL_VERSION", "value": vname},
+        *signing_key_env(),
     ]
     if spec["featureSchema"]:
         env.append({"name": "MLOPS_FEATURE_SCHEMA", "value": json.dumps(spec["featureSchema"], sort_keys=True)})
@@ -155,11 +157,14 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
         "--version", vname,
         "--sidecar-url", f"http://127.0.0.1:{SIDECAR_PORT}",
     ]
+    if fmt == "joblib":
+        serve_args.append("--allow-unsafe-formats")  # the spec chose a pickle format explicitly (pinned)
     sidecar_args = [
         "sidecar",
         "--host", "0.0.0.0",
         "--port", str(SIDECAR_PORT),
         "--model-name", spec["modelName"],
+        "--feedback-ledger", "/var/lib/mlops/feedback-ledger.db",
     ]
     if spec["monitoring"].get("baselineAccuracy") is not None:
         sidecar_args += ["--baseline-accuracy", str(spec["monitoring"]["baselineAccuracy"])]
@@ -167,6 +172,7 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
         {"name": "model", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "state", "emptyDir": {}},
+        signing_key_volume(name),
     ]
     monitor_mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "state", "mountPath": "/var/lib/mlops"}]
     ref = spec.get("baselineProfileRef")
@@ -195,6 +201,7 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
                 {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
                 {"name": "tmp", "mountPath": "/tmp"},
                 {"name": "state", "mountPath": "/var/lib/mlops"},
+                signing_key_mount(),
             ],
         },
         {
@@ -376,7 +383,7 @@ def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
                                 "--port", str(ROUTER_PORT),
                                 "--table", f"{ROUTING_DIR}/routing.json",
                             ],
-                            "env": [{"name": "MLOPS_HOME", "value": "/var/lib/mlops"}],
+                            "env": [{"name": "MLOPS_HOME", "value": "/var/lib/mlops"}, *signing_key_env()],
                             "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
                             "readinessProbe": {
                                 "httpGet": {"path": "/healthz", "port": "http"},
@@ -395,6 +402,7 @@ def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
                                 {"name": "routing", "mountPath": ROUTING_DIR, "readOnly": True},
                                 {"name": "tmp", "mountPath": "/tmp"},
                                 {"name": "state", "mountPath": "/var/lib/mlops"},
+                                signing_key_mount(),
                             ],
                         }
                     ],
@@ -402,6 +410,7 @@ def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
                         {"name": "routing", "configMap": {"name": cm_name}},
                         {"name": "tmp", "emptyDir": {}},
                         {"name": "state", "emptyDir": {}},
+                        signing_key_volume(name),
                     ],
                 },
             },
@@ -439,7 +448,8 @@ def plan(cr: Mapping[str, Any], observed: Observed | None = None) -> Plan:
     slugs: dict[str, str] = {}
     for v in spec["versions"]:
         slug = n.version_object_name(name, v["name"])
-        if slug in slugs.values() or slug == n.router_name(name) or slug == n.routing_configmap_name(name):
+        if slug in slugs.values() or slug in (n.router_name(name), n.routing_configmap_name(name),
+                                              n.signing_key_secret_name(name)):
             raise InvalidSpec(f"version {v['name']!r} maps to object name {slug!r}, which is already taken")
         slugs[v["name"]] = slug
 

@@ -70,6 +70,11 @@ def routing_configmap_name(mdep_name: str) -> str:
     return dns_label(f"{mdep_name}-routing")
 
 
+def signing_key_secret_name(mdep_name: str) -> str:
+    """The Secret holding the prediction-id signing key shared by the router and every model pod."""
+    return dns_label(f"{mdep_name}-signing-key")
+
+
 def service_account_name(mdep_name: str) -> str:
     return dns_label(f"{mdep_name}-model")
 
