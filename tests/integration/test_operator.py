@@ -157,9 +157,11 @@ def operator_kubeconfig(cluster, crds_installed) -> Path:
     cluster.create_namespace("mlops-system")
     cluster.kubectl("apply", "-f", str(REPO / "manifests" / "rbac.yaml"))
     kubeconfig = cluster.service_account_kubeconfig("mlops-system", "mlops-operator")
-    # It is not an admin: it may not read Secrets or touch Nodes.
-    denied = cluster.kubectl("auth", "can-i", "list", "secrets", "-A", kubeconfig=kubeconfig, check=False)
-    assert denied.stdout.strip() == "no"
+    # It is not an admin: it may not touch Nodes, Namespaces or RBAC. (It may manage Secrets: the
+    # per-ModelDeployment signing key.)
+    for verb, resource in (("list", "nodes"), ("delete", "namespaces"), ("create", "clusterroles")):
+        denied = cluster.kubectl("auth", "can-i", verb, resource, "-A", kubeconfig=kubeconfig, check=False)
+        assert denied.stdout.strip() == "no", (verb, resource)
     return kubeconfig
 
 

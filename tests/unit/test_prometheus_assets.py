@@ -53,7 +53,7 @@ def test_promtool_test_rules(chart_tools):
 
 def test_every_alert_of_the_issue_exists_and_is_unit_tested():
     names = {a["alert"] for a in alerts()}
-    assert REQUIRED_ALERTS <= names
+    assert names >= REQUIRED_ALERTS
     tested = {t["alertname"] for case in yaml.safe_load((REPO / "deploy" / "prometheus" / "rules.test.yaml").read_text())["tests"]
               for t in case.get("alert_rule_test", [])}
     assert names <= tested, f"alerts without a promtool unit test: {sorted(names - tested)}"
