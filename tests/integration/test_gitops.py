@@ -170,7 +170,7 @@ def test_examples_show_no_drift_after_the_operator_reconciles(cluster, gitops_op
     before = {(o["kind"], o["metadata"]["name"]): get(cluster, ns, o["kind"], o["metadata"]["name"]) for o in objects}
     again = apply_examples(cluster, ns)  # no --force-conflicts: a field taken over would conflict here
     assert again.returncode == 0, again.stderr
-    diff = cluster.kubectl("diff", "--server-side", f"--field-manager={MANAGER}", "-n", ns, "-R", "-f", str(EXAMPLES),
+    diff = cluster.kubectl("diff", "--server-side", "--force-conflicts", f"--field-manager={MANAGER}", "-n", ns, "-R", "-f", str(EXAMPLES),
                            check=False)
     assert diff.returncode == 0, f"kubectl diff --server-side shows drift:\n{diff.stdout}{diff.stderr}"
 
@@ -206,7 +206,7 @@ def test_a_field_taken_over_is_detected(cluster, gitops_operator):
     live = get(cluster, ns, "RetrainPolicy", "churn-retrain")
     assert "spec.requireApproval" in fields_of(live, "intruder")
     assert "spec.requireApproval" not in fields_of(live, MANAGER)
-    diff = cluster.kubectl("diff", "--server-side", f"--field-manager={MANAGER}", "-n", ns, "-R", "-f", str(EXAMPLES),
+    diff = cluster.kubectl("diff", "--server-side", "--force-conflicts", f"--field-manager={MANAGER}", "-n", ns, "-R", "-f", str(EXAMPLES),
                            check=False)
     assert diff.returncode == 1 and "requireApproval" in diff.stdout
     conflict = apply_examples(cluster, ns)
