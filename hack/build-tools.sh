@@ -22,7 +22,7 @@ GOPHER_LUA_VERSION="$(awk '/yuin\/gopher-lua/ {print $NF; exit}' hack/luahealth/
 LUAHEALTH_KEY="gopherlua-${GOPHER_LUA_VERSION}-$(cat hack/luahealth/main.go hack/luahealth/go.mod hack/luahealth/go.sum | sha256sum | cut -c1-12)"
 
 CACHE="${MLOPS_CACHE:-$HOME/.cache/mlops-operator}"
-HELM="$CACHE/bin/helm-$HELM_VERSION/helm"
+HELM="$CACHE/bin/helm-$HELM_VERSION-k8sver/helm"  # built with the k8s version ldflags
 KUBECONFORM="$CACHE/bin/kubeconform-$KUBECONFORM_VERSION/kubeconform"
 LUAHEALTH="$CACHE/bin/luahealth-$LUAHEALTH_KEY/luahealth"
 
@@ -44,15 +44,15 @@ built=()
 
 have() { [ -x "$1" ] && { echo "reused: $1"; return 0; } || return 1; }
 
-install_module() {  # install_module <target-binary> <package@version>
-  local target=$1 pkg=$2 t0 tmp
+install_module() {  # install_module <target-binary> <package@version> [extra ldflags]
+  local target=$1 pkg=$2 ld="-s -w ${3:-}" t0 tmp
   have "$target" && return 0
   t0=$(date +%s)
   echo "building $pkg..."
   tmp="$(dirname "$target").tmp.$$"
   mkdir -p "$tmp"
   # Build into a private directory, then rename: a concurrent reader never sees half a binary.
-  GOBIN="$tmp" "${NICE[@]}" go install -trimpath -ldflags "-s -w" "$pkg"
+  GOBIN="$tmp" "${NICE[@]}" go install -trimpath -ldflags "$ld" "$pkg"
   mkdir -p "$(dirname "$target")"
   mv -f "$tmp/$(basename "$target")" "$target"
   rmdir "$tmp"
@@ -75,7 +75,20 @@ build_luahealth() {
 
 build_luahealth
 install_module "$KUBECONFORM" "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
-install_module "$HELM" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+helm_ldflags() {
+  # As helm's Makefile does: its version, and the Kubernetes version `helm template` and `helm lint`
+  # assume (default v1.20 otherwise, which fails the chart's kubeVersion) from its client-go.
+  local mod minor
+  mod=$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  minor=$(awk '$1 == "k8s.io/client-go" {split($2, v, "."); print v[2]; exit}' "$mod")
+  [ -n "$minor" ] || { echo "error: no k8s.io/client-go version in $mod" >&2; exit 1; }
+  local x="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for p in pkg/lint/rules pkg/chartutil; do
+    x+=" -X helm.sh/helm/v3/$p.k8sVersionMajor=1 -X helm.sh/helm/v3/$p.k8sVersionMinor=$minor"
+  done
+  echo "$x"
+}
+have "$HELM" || install_module "$HELM" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$(helm_ldflags)"
 
 command -v promtool >/dev/null || echo "warning: promtool not found (Debian: apt-get install prometheus)" >&2
 
