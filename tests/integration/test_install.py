@@ -118,7 +118,10 @@ def test_plain_manifests_then_kustomize(fresh):
 
 def test_helm_install_upgrade_uninstall(fresh):
     cluster, sh = fresh
-    sh(readme_block(REPO / "README.md", "helm"))
+    out = sh(readme_block(REPO / "README.md", "helm")).stdout
+    # NOTES.txt: what was installed, how to check it, and how CRDs are upgraded.
+    assert "mlops-operator 0.1.0 is installed in namespace mlops-system (2 replica(s), leader election" in out
+    assert "helm show crds" in out
     dep = assert_available(cluster, 2)
     assert dep["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
 
