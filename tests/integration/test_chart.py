@@ -102,7 +102,7 @@ def schema_dir(cluster, crds_installed, tmp_path_factory) -> Path:
         for gvk in definition.get("x-kubernetes-group-version-kind") or []:
             if gvk["group"].endswith("mlops.duetmind.io"):
                 continue
-            group = gvk["group"].split(".")[0] if gvk["group"] else gvk["version"]
+            group = gvk["group"] or gvk["version"]  # kubeconform's .Group: the apiVersion before "/"
             needed = {name}
             refs(definition, needed)
             doc = {"$ref": f"#/definitions/{name}", "definitions": {n: definitions[n] for n in needed}}
@@ -114,7 +114,7 @@ def schema_dir(cluster, crds_installed, tmp_path_factory) -> Path:
             schema["properties"]["apiVersion"] = {"type": "string"}
             schema["properties"]["kind"] = {"type": "string"}
             schema["properties"]["metadata"] = {"type": "object"}
-            group = crd["spec"]["group"].split(".")[0]
+            group = crd["spec"]["group"]
             (out / f"{crd['spec']['names']['kind'].lower()}_{group}_{version['name']}.json").write_text(json.dumps(schema))
     return out
 
