@@ -57,17 +57,25 @@ def find(objs: list[dict], kind: str, name: str | None = None) -> dict:
 
 # --------------------------------------------------------------------------------- kubeconform schemas
 def _strict(node):
-    """Close every object schema (additionalProperties: false), as kubeconform's -strict schemas do."""
-    if isinstance(node, dict):
-        if node.get("x-kubernetes-int-or-string"):
-            return {"oneOf": [{"type": "string"}, {"type": "integer"}]}
-        out = {k: _strict(v) for k, v in node.items()}
-        if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
-            out["additionalProperties"] = False
-        return out
+    """Close every object schema (additionalProperties: false), as kubeconform's -strict schemas do.
+    ``properties``/``definitions`` are maps of name -> schema: their keys are names, not keywords."""
     if isinstance(node, list):
         return [_strict(v) for v in node]
-    return node
+    if not isinstance(node, dict):
+        return node
+    if node.get("x-kubernetes-int-or-string") is True:
+        return {"oneOf": [{"type": "string"}, {"type": "integer"}]}
+    out = {}
+    for key, value in node.items():
+        if key in ("properties", "definitions", "patternProperties") and isinstance(value, dict):
+            out[key] = {name: _strict(schema) for name, schema in value.items()}
+        elif isinstance(value, (dict, list)):
+            out[key] = _strict(value)
+        else:
+            out[key] = value
+    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
 
 
 SPECIAL = {
@@ -87,7 +95,7 @@ def schema_dir(cluster, crds_installed, tmp_path_factory) -> Path:
     def refs(node, seen: set[str]) -> None:
         if isinstance(node, dict):
             ref = node.get("$ref")
-            if ref and ref.startswith("#/definitions/"):
+            if isinstance(ref, str) and ref.startswith("#/definitions/"):
                 name = ref.removeprefix("#/definitions/")
                 if name not in seen:
                     seen.add(name)
