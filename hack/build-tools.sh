@@ -8,7 +8,7 @@
 #
 # Everything lands in ${MLOPS_CACHE:-$HOME/.cache/mlops-operator}/bin/<tool>-<version>/ (plus the
 # shared GOMODCACHE/GOCACHE), never in the repository, so a second run builds nothing.
-# mlops.testing.tools finds the binaries through the same layout.
+# The tests (chart_tools in tests/conftest.py) and hack/render.py find them with `--print`.
 #
 #   bash hack/build-tools.sh          # build what is missing, print what was reused
 #   bash hack/build-tools.sh --print  # print "<name> <path>" for each tool, build nothing
