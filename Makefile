@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 export MLOPS_CACHE ?= $(HOME)/.cache/mlops-operator
 
-.PHONY: install run demo test test-unit test-integration lint tools cluster cluster-down bench clean
+.PHONY: install run demo test test-unit test-integration lint tools manifests cluster cluster-down bench clean
 
 install:  ## install the package with every test dependency (editable)
 	$(PIP) install --quiet --disable-pip-version-check -e '.[dev]'
@@ -25,8 +25,13 @@ lint:
 	ruff check mlops tests benchmarks
 	lint-imports
 
-tools:  ## build (or reuse from $(MLOPS_CACHE)) etcd, kube-apiserver, controller-manager, scheduler, kwok
+tools:  ## build (or reuse from $(MLOPS_CACHE)) etcd, kube-apiserver, controller-manager, scheduler, kwok, helm, kubeconform, luahealth
 	bash hack/build-control-plane.sh
+	bash hack/build-tools.sh
+
+manifests:  ## render manifests/, the chart's crds/ and README values table, the Argo CD health patch from their sources
+	bash hack/build-tools.sh
+	$(PYTHON) hack/render.py
 
 cluster: install tools  ## start a local control plane; writes .cluster/kubeconfig
 	$(PYTHON) -m mlops.testing.cluster up --dir .cluster

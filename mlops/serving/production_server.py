@@ -731,26 +731,23 @@ class ProductionModelServer:
         return self._validate(body, model)
 
     async def _predict_one(self, req: PredictRequest, arm_tag: str | None = None) -> dict[str, Any]:
-        """One /predict request: experiments in a worker thread, plain ones through the micro-batcher."""
+        """One /predict request: experiments in a worker thread, plain ones through the micro-batcher.
+        Failures are counted (and recorded for monitoring, in the request's arm) by ``_observe_request``."""
+        if req.experiment_name is not None:
+            return await self._predict_experiment(req)
+        if self.batcher is None:
+            if self.current_model_version in self._slow:
+                return (await run_in_threadpool(
+                    self._predict_rows, [req.features], [req.user_id], None, arm_tag))[0]
+            return self._predict_rows([req.features], [req.user_id], None, arm_tag)[0]
+        model = self._model()
         try:
-            if req.experiment_name is not None:
-                return await self._predict_experiment(req)
-            if self.batcher is None:
-                if self.current_model_version in self._slow:
-                    return (await run_in_threadpool(
-                        self._predict_rows, [req.features], [req.user_id], None, arm_tag))[0]
-                return self._predict_rows([req.features], [req.user_id], None, arm_tag)[0]
-            model = self._model()
-            try:
-                row = model.row(req.features)
-            except FeatureError as exc:
-                raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
-        except ApiError:
-            raise
+            row = model.row(req.features)
+        except FeatureError as exc:
+            raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
         start = time.perf_counter()
         now = self.clock()
-        try:
-            label, confidence = await self.batcher.predict(model, row)
+        label, confidence = await self.batcher.predict(model, row)
         result = self._result(model.version, label, confidence, req.user_id, arm_tag)
         self._count_and_record(result, req.features, now, time.perf_counter() - start)
         return result

@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from pydantic import ValidationError
 
 from mlops.core.arm_counts import table_to_list
-from mlops.serving.events import EVENTS_PATH, EventBatch, EventEnvelope, FeedbackEvent, PredictionEvent
+from mlops.serving.events import EVENTS_PATH, EventEnvelope, FeedbackEvent, PredictionEvent
 from mlops.serving.sidecar_metrics import SidecarRecorder, SnapshotCollector, profile_binner, summarize
 
 logger = logging.getLogger(__name__)
