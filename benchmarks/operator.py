@@ -243,6 +243,7 @@ def main() -> int:
                     k: round(with_operator.get(k, 0) - without.get(k, 0), 1)
                     for k in sorted(set(with_operator) | set(without))},
             })
+            print(json.dumps({"partial": runs[-1]}), file=sys.stderr, flush=True)  # survives an interrupted run
             # free the nodes' pod slots for the next count
             cluster.kubectl("delete", "namespace", ns, "--wait=false")
         result = {

@@ -391,7 +391,9 @@ def test_two_operators_one_leader_and_failover_after_sigkill(cluster, admin, ope
     ns = f"le-{uuid.uuid4().hex[:6]}"
     cluster.create_namespace(ns)
     lease = f"le-{uuid.uuid4().hex[:6]}"
-    common = ["--leader-elect", "--leader-election-namespace", "mlops-system", "--leader-election-lease-name", lease]
+    # a 10 s lease (default 15 s): the bound is lease + 2 s, and the test machine may be heavily loaded
+    common = ["--leader-elect", "--leader-election-namespace", "mlops-system", "--leader-election-lease-name", lease,
+              "--lease-duration", "10"]
     ops = {ident: OperatorProcess(operator_kubeconfig, [ns], tmp_path, *common,
                                   "--leader-election-identity", ident).start() for ident in ("op-a", "op-b")}
     try:
