@@ -135,7 +135,16 @@ def main() -> int:
                      "--log-format", "json", "--resync-interval", str(args.resync_interval)],
                     stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
                 )
-            time.sleep(3)  # operator start-up (imports, login, cache priming)
+            deadline = time.monotonic() + 300  # imports, login, cache priming (slow on a loaded machine)
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise SystemExit(f"operator exited with {proc.returncode}; see {log_path}")
+                try:
+                    httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+            time.sleep(3)  # watches established
             return proc
 
         def stop_operator(proc: subprocess.Popen) -> None:
@@ -243,6 +252,7 @@ def main() -> int:
                     k: round(with_operator.get(k, 0) - without.get(k, 0), 1)
                     for k in sorted(set(with_operator) | set(without))},
             })
+            print(json.dumps({"partial": runs[-1]}), file=sys.stderr, flush=True)  # survives an interrupted run
             # free the nodes' pod slots for the next count
             cluster.kubectl("delete", "namespace", ns, "--wait=false")
         result = {

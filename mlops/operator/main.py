@@ -33,6 +33,11 @@ def run_operator(
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads it too
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_json else kopf.LogFormat.FULL)
+    if not verbose:
+        # kopf logs "Handler ... succeeded" for every watch event of every owned object and pod: at
+        # 1,000 resources that is most of the operator's CPU. Our own logs say what was done.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape request
     metrics = OperatorMetrics()
     if metrics_port:
         start_http_server(metrics_port, addr=bind, registry=metrics.registry)
