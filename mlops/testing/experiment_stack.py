@@ -62,7 +62,7 @@ def start_mlops(args: list[str], env: dict[str, str], log: Path | None = None) -
     return proc
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
     def up():
         if proc.poll() is not None:
             raise AssertionError(f"{proc.args} exited {proc.returncode}")
