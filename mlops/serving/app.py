@@ -66,6 +66,7 @@ def build_server_from_options(options: dict[str, Any]) -> ProductionModelServer:
         enable_ab_testing=options.get("enable_ab_testing", True),
         sidecar_url=options.get("sidecar_url"),
         flush_interval=options.get("flush_interval", 1.0),
+        mlflow_tracking_uri=options.get("mlflow_tracking_uri"),
     )
     for spec in options.get("versions", []):
         server.load_model_version(spec.get("version") or "", uri=spec["uri"], sha256=spec.get("sha256"),

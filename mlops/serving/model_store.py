@@ -262,11 +262,17 @@ def load_model(
     version: str | None = None,
     metadata_uri: str | None = None,
     extra_trusted: list[str] | None = None,
+    tracking_uri: str | None = None,
 ) -> LoadedModel:
     """Fetch ``uri``, verify its sha256 (the pinned one, else the one in metadata.json), then load.
 
-    Raises ModelLoadError (IntegrityError on a checksum mismatch) and has no other side effect.
+    MLflow registry URIs (``models:/``, ``runs:/``; ``tracking_uri`` or ``$MLFLOW_TRACKING_URI``
+    names the server) are downloaded by mlops.integrations.mlflow_registry and then verified and
+    loaded here like a local file. Raises ModelLoadError (IntegrityError on a checksum mismatch)
+    and has no other side effect.
     """
+    if uri.startswith(("models:/", "runs:/")):
+        return _load_registry_model(uri, sha256, fmt, version, extra_trusted, tracking_uri)
     metadata: ModelMetadata | None = None
     meta_source = metadata_uri or sibling_uri(uri, "metadata.json")
     try:
@@ -302,6 +308,26 @@ def load_model(
             f"metadata lists {len(metadata.feature_schema.features)} features but the model expects {n_in}"
         )
     return LoadedModel(estimator, metadata)
+
+
+def _load_registry_model(uri: str, sha256: str | None, fmt: ModelFormat | None, version: str | None,
+                         extra_trusted: list[str] | None, tracking_uri: str | None) -> LoadedModel:
+    from mlops.integrations.mlflow_registry import RegistryError, download
+
+    try:
+        with download(uri, tracking_uri) as art:
+            if art.moving and sha256 is None:
+                raise ModelLoadError(f"{uri} can move to another model version: pin it with its sha256 "
+                                     f"(it resolves to {art.fixed_uri} now, sha256 {art.sha256()})")
+            loaded = load_model(str(art.model_path), sha256=sha256, fmt=fmt or art.format,
+                                version=version or (None if art.metadata_path else art.version),
+                                extra_trusted=extra_trusted)
+    except RegistryError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    except IntegrityError as exc:
+        raise IntegrityError(f"{uri} (resolved to {art.fixed_uri}): {exc}") from exc
+    loaded.metadata = loaded.metadata.model_copy(update={"source_uri": uri, "resolved_uri": art.fixed_uri})
+    return loaded
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
