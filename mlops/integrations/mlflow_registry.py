@@ -316,6 +316,8 @@ def register_folder(folder: str | os.PathLike[str], name: str, sha256: str, *, t
     from mlflow.entities import Metric, Param
     from mlflow.exceptions import MlflowException
 
+    from mlops.integrations.mlflow_tracking import end_run
+
     mc = client(tracking_uri)
     experiment = experiment or f"{name}-training"
     try:
@@ -329,9 +331,9 @@ def register_folder(folder: str | os.PathLike[str], name: str, sha256: str, *, t
                          params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()])
             mc.log_artifacts(run_id, str(folder), artifact_path="model")
         except BaseException:
-            mc.set_terminated(run_id, status="FAILED")
+            end_run(mc, run_id, "FAILED")
             raise
-        mc.set_terminated(run_id, status="FINISHED")
+        end_run(mc, run_id, "FINISHED")
         try:
             mc.create_registered_model(name)
         except MlflowException as exc:

@@ -13,9 +13,11 @@ server, so the process-global ``mlflow.set_tracking_uri`` of the user's own code
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +34,13 @@ RETRY_SECONDS = 60.0
 
 def mlflow_installed() -> bool:
     return importlib.util.find_spec("mlflow") is not None
+
+
+def end_run(client: Any, run_id: str, status: str) -> None:
+    """``set_terminated`` without MLflow's "View run ... at" lines on stdout (they would corrupt
+    ``--json`` output and the stdout of the user's program); they go to stderr instead."""
+    with contextlib.redirect_stdout(sys.stderr):
+        client.set_terminated(run_id, status=status)
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -144,7 +153,7 @@ class Tracker:
                 try:
                     self._log(run_id, metrics or {}, params, tags, 0)
                 finally:
-                    mc.set_terminated(run_id, status="FINISHED" if success else "FAILED")
+                    end_run(mc, run_id, "FINISHED" if success else "FAILED")
                 return run_id
             except Exception as exc:  # noqa: BLE001 - tracking must never fail the engine; counted
                 self._failed(f"log run {run_name!r}", exc)
@@ -181,7 +190,7 @@ class Tracker:
             runs, self._open_runs = self._open_runs, {}
             for run_id in runs.values():
                 try:
-                    self._mlflow_client().set_terminated(run_id, status="FINISHED")
+                    end_run(self._mlflow_client(), run_id, "FINISHED")
                 except Exception as exc:  # noqa: BLE001 - closing is best effort; counted
                     self._failed(f"close run {run_id}", exc)
 
