@@ -17,7 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.integrations.mlflow_registry import RegistryError, is_registry_uri, locate_model, parse_registry_uri
+from mlops.integrations.mlflow_registry import (
+    RegistryError,
+    is_registry_uri,
+    locate_model,
+    parse_registry_uri,
+)
 from mlops.serving.model_store import ModelLoadError, load_model
 from mlops.serving.training import train
 
