@@ -236,3 +236,34 @@ def test_tracker_counts_failures_and_backs_off_instead_of_raising(monkeypatch):
     now[0] += 61
     assert tracker.log_step("exp", "k", "run", {"x": 1.0}) is None
     assert tracker.failures == 2
+
+
+def test_model_deployment_admits_registry_uris_and_its_init_container_resolves_them_with_the_same_resolver():
+    from mlops.operator.api import ModelDeploymentSpec
+    from mlops.operator.artifacts import verify_artifact
+    from mlops.operator.resources.model_deployment import Observed, desired_objects
+
+    sha = "c" * 64
+    spec = {"modelName": "alzheimer", "stableVersion": "v1", "versions": [
+        {"name": "v1", "artifact": {"uri": "models:/alzheimer@champion", "sha256": sha,
+                                    "trackingUri": "http://mlflow.mlops.svc:5000"}},
+        {"name": "v2", "artifact": {"uri": "runs:/0123456789abcdef0123456789abcdef/model", "sha256": sha}},
+    ]}
+    ModelDeploymentSpec.model_validate(spec)
+    with pytest.raises(ValueError, match="tracking_uri|trackingUri"):
+        ModelDeploymentSpec.model_validate({**spec, "versions": [
+            {"name": "v1", "artifact": {"uri": "models:/a/1", "sha256": sha, "trackingUri": "ftp://x"}}]})
+    with pytest.raises(ValueError):
+        ModelDeploymentSpec.model_validate({**spec, "versions": [
+            {"name": "v1", "artifact": {"uri": "model:/a/1", "sha256": sha}}]})
+    cr = {"apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "ModelDeployment",
+          "metadata": {"name": "alz", "namespace": "models", "uid": "u", "generation": 1}, "spec": spec}
+    deployments = {o["metadata"]["name"]: o for o in desired_objects(cr, Observed()) if o["kind"] == "Deployment"}
+    init = deployments["alz-v1"]["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["command"] == ["python", "-m", "mlops", "mlflow", "fetch", "models:/alzheimer@champion",
+                               "--sha256", sha, "--dest", "/models/model.skops"]
+    assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.mlops.svc:5000"} in init["env"]
+    init2 = deployments["alz-v2"]["spec"]["template"]["spec"]["initContainers"][0]
+    assert init2["command"][4] == "fetch" and all(e["name"] != "MLFLOW_TRACKING_URI" for e in init2["env"])
+    # The operator itself does not fetch registry artifacts: no verdict, left to the init container.
+    assert verify_artifact("models:/alzheimer@champion", sha, max_bytes=1 << 20).ok is None

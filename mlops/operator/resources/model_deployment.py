@@ -133,6 +133,9 @@ def _pod_security() -> dict[str, Any]:
 
 SIDECAR_RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
 INIT_RESOURCES = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}
+# models:/ and runs:/ artifacts are resolved by `mlops mlflow fetch` (the same resolver as
+# `mlops serve`), which imports the MLflow client: it needs the image built with the [mlflow] extra.
+REGISTRY_INIT_RESOURCES = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "768Mi"}}
 
 
 def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, str]) -> dict[str, Any]:
@@ -238,6 +241,14 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
         "securityContext": _container_security(),
         "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
     }
+    if artifact["uri"].startswith(("models:/", "runs:/")):
+        init["command"] = ["python", "-m", "mlops", "mlflow", "fetch", artifact["uri"], "--sha256",
+                           artifact["sha256"], "--dest", model_file]
+        init["resources"] = REGISTRY_INIT_RESOURCES
+        tracking = (version.get("artifact") or {}).get("trackingUri")
+        init["env"] = [{"name": "HOME", "value": "/tmp"}]
+        if tracking:
+            init["env"].append({"name": "MLFLOW_TRACKING_URI", "value": tracking})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
