@@ -246,7 +246,7 @@ def download(uri: str, tracking_uri: str | None = None, dest: str | os.PathLike[
         tmp = tempfile.mkdtemp(prefix="mlflow-", dir=dest)
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=fixed, dst_path=tmp,
-                                                              tracking_uri=server))
+                                                              tracking_uri=server, registry_uri=server))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -59,6 +59,8 @@ def mlflow_server(tmp_path_factory):
         env=_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
     )
     url = f"http://127.0.0.1:{port}"
+    strays = [Path.cwd() / "mlflow.db", Path.cwd() / "mlruns"]
+    existed = [p.exists() for p in strays]
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -72,6 +74,8 @@ def mlflow_server(tmp_path_factory):
                             f"{(root / 'server.log').read_text()[-3000:]}")
             time.sleep(1)
         yield url
+        # Every call went to the test server: MLflow's local default store was never created.
+        assert [p.exists() for p in strays] == existed, "MLflow fell back to a store in the working directory"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -148,10 +152,10 @@ def registered(mlflow_server, tmp_path_factory):
     assert v1["uri"] == "models:/alzheimer/1"
     assert v1["sha256"] == (root / "v1" / "model.sha256").read_text().split()[0]
 
-    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
 
     frame = _dataset(root / "v2.csv", seed=2)
-    model = RandomForestClassifier(n_estimators=5, random_state=0).fit(frame[["Age", "MMSE"]], frame["label"])
+    model = LogisticRegression(C=0.5, max_iter=1000).fit(frame[["Age", "MMSE"]], frame["label"])
     client = MlflowClient(mlflow_server)
     with _fluent(mlflow_server), mlflow.start_run():
         mlflow.sklearn.log_model(model, name="model", registered_model_name="alzheimer")
