@@ -184,6 +184,23 @@ def _model_version(mc: Any, ref: RegistryRef) -> Any:
     return latest[0]
 
 
+def _run_location(mc: Any, ref: RegistryRef) -> str:
+    """Where ``runs:/<id>/<path>`` lives: the run's own artifacts, or (MLflow 3) the logged model of
+    that run named ``<path>``, which is stored outside the run's artifacts."""
+    if not ref.path or mc.list_artifacts(ref.run_id, ref.path):
+        return ref.uri
+    parent = ref.path.rpartition("/")[0] or None
+    if any(entry.path == ref.path for entry in mc.list_artifacts(ref.run_id, parent)):
+        return ref.uri  # a single file
+    head, _, rest = ref.path.partition("/")
+    experiment_id = mc.get_run(ref.run_id).info.experiment_id
+    models = mc.search_logged_models(experiment_ids=[experiment_id], filter_string=f"name = '{head}'")
+    match = next((m for m in models if m.source_run_id == ref.run_id), None)
+    if match is None:
+        raise RegistryError(f"{ref.uri}: run {ref.run_id} has no artifact or logged model at {ref.path!r}")
+    return match.artifact_location + (f"/{rest}" if rest else "")
+
+
 def locate_model(root: Path, uri: str = "") -> tuple[Path, Literal["skops", "joblib"], Path | None]:
     """The model file, its format and the ``metadata.json`` beside it (if any) in a downloaded folder."""
     if root.is_file():
@@ -232,20 +249,24 @@ def download(uri: str, tracking_uri: str | None = None, dest: str | os.PathLike[
     mc = client(server)
     name = version = run_id = registry_sha = None
     try:
+        # models:/ URIs are turned into their artifact location with our own client: MLflow's
+        # models:/ artifact repository consults the process-global registry URI instead of the one
+        # passed to download_artifacts (MLflow 3.x), which would read a local default store.
         if ref.kind == "run":
-            fixed, run_id = uri, ref.run_id
+            fixed, run_id, location = uri, ref.run_id, _run_location(mc, ref)
         elif ref.kind == "logged_model":
-            fixed = uri
+            fixed, location = uri, mc.get_logged_model(ref.name).artifact_location
         else:
             mv = _model_version(mc, ref)
             name, version, run_id = mv.name, str(mv.version), mv.run_id
             registry_sha = (mv.tags or {}).get(SHA256_TAG)
             fixed = f"models:/{name}/{version}"
+            location = mc.get_model_version_download_uri(name, version)
         if dest is not None:
             Path(dest).mkdir(parents=True, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix="mlflow-", dir=dest)
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=fixed, dst_path=tmp,
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp,
                                                               tracking_uri=server, registry_uri=server))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
