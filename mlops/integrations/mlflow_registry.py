@@ -184,21 +184,28 @@ def _model_version(mc: Any, ref: RegistryRef) -> Any:
     return latest[0]
 
 
-def _run_location(mc: Any, ref: RegistryRef) -> str:
-    """Where ``runs:/<id>/<path>`` lives: the run's own artifacts, or (MLflow 3) the logged model of
-    that run named ``<path>``, which is stored outside the run's artifacts."""
-    if not ref.path or mc.list_artifacts(ref.run_id, ref.path):
-        return ref.uri
-    parent = ref.path.rpartition("/")[0] or None
-    if any(entry.path == ref.path for entry in mc.list_artifacts(ref.run_id, parent)):
-        return ref.uri  # a single file
+def _run_location(mc: Any, ref: RegistryRef, server: str) -> str:
+    """Where ``runs:/<id>/<path>`` lives: in the run's own artifacts, or (MLflow 3) in the logged model
+    of that run named ``<path>``, which is stored outside the run's artifacts. Listed through the
+    run's artifact URI directly: MLflow's runs:/ repository also looks up logged models through the
+    process-global registry URI."""
+    from mlflow.artifacts import list_artifacts
+
+    base = mc.get_run(ref.run_id).info.artifact_uri.rstrip("/")
+    target = f"{base}/{ref.path}" if ref.path else base
+    if not ref.path or list_artifacts(artifact_uri=target, tracking_uri=server):
+        return target
+    parent, _, _ = ref.path.rpartition("/")
+    siblings = list_artifacts(artifact_uri=f"{base}/{parent}" if parent else base, tracking_uri=server) or []
+    if any(entry.path.rstrip("/").endswith(ref.path) for entry in siblings):
+        return target  # a single file
     head, _, rest = ref.path.partition("/")
     experiment_id = mc.get_run(ref.run_id).info.experiment_id
     models = mc.search_logged_models(experiment_ids=[experiment_id], filter_string=f"name = '{head}'")
     match = next((m for m in models if m.source_run_id == ref.run_id), None)
-    if match is None:
+    if match is None or str(match.artifact_location).startswith("models:/"):
         raise RegistryError(f"{ref.uri}: run {ref.run_id} has no artifact or logged model at {ref.path!r}")
-    return match.artifact_location + (f"/{rest}" if rest else "")
+    return str(match.artifact_location).rstrip("/") + (f"/{rest}" if rest else "")
 
 
 def locate_model(root: Path, uri: str = "") -> tuple[Path, Literal["skops", "joblib"], Path | None]:
@@ -253,7 +260,7 @@ def download(uri: str, tracking_uri: str | None = None, dest: str | os.PathLike[
         # models:/ artifact repository consults the process-global registry URI instead of the one
         # passed to download_artifacts (MLflow 3.x), which would read a local default store.
         if ref.kind == "run":
-            fixed, run_id, location = uri, ref.run_id, _run_location(mc, ref)
+            fixed, run_id, location = uri, ref.run_id, _run_location(mc, ref, server)
         elif ref.kind == "logged_model":
             fixed, location = uri, mc.get_logged_model(ref.name).artifact_location
         else:
