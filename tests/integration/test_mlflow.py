@@ -226,11 +226,12 @@ def test_runs_uri_and_pickle_flavour_needs_an_explicit_pin(registered):
     frame = _dataset(registered["root"] / "pickle.csv", seed=3)
     model = LogisticRegression().fit(frame[["Age", "MMSE"]], frame["label"])
     with _fluent(url), mlflow.start_run() as run:
-        mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle")
-    uri = f"runs:/{run.info.run_id}/model"
+        info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle")
+    uri = f"runs:/{run.info.run_id}/model"  # MLflow 3 keeps it as a logged model, outside the run's artifacts
     with pytest.raises(ModelLoadError, match="only with a pinned sha256"):
         load_model(uri, tracking_uri=url)
     pin = describe(uri, url)["sha256"]
+    assert describe(info.model_uri, url)["sha256"] == pin  # models:/<logged model id>
     assert load_model(uri, sha256=pin, tracking_uri=url).predict([[80.0, 18.0]])[0] == [1]
 
 
