@@ -4,6 +4,7 @@ Examples:
   mlops serve --demo --port 5000                      # the quick start (make run)
   mlops serve --model-uri file:///models/v3/model.skops --sha256 <hex> --version v3 \\
               --sidecar-url http://127.0.0.1:8081 --port 8080
+  mlops serve --model-uri models:/alzheimer/1 --sha256 <hex> --mlflow-tracking-uri http://mlflow:5000
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="serve a model over HTTP (predict, feedback, monitoring, A/B)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-uri", action="append", default=[], metavar="URI",
-                   help="artifact URI (file://, http(s)://, or a path); repeat for several versions")
+                   help="artifact URI (file://, http(s)://, a path, or an MLflow models:/name/version, "
+                        "models:/name@alias, runs:/id/path); repeat for several versions")
     p.add_argument("--sha256", action="append", default=[], help="pinned sha256 per --model-uri, in order")
     p.add_argument("--version", dest="model_version", action="append", default=[],
                    help="version name per --model-uri (default: from metadata.json)")
@@ -31,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-root", default=None,
                    help="folder under which the admin API may load model files (default: $MLOPS_MODEL_ROOT; "
                         "unset: the admin API loads http(s) artifacts only)")
+    p.add_argument("--mlflow-tracking-uri", default=None,
+                   help="MLflow tracking server for models:/ and runs:/ URIs and for tracking "
+                        "(default: $MLFLOW_TRACKING_URI; needs the [mlflow] extra)")
     p.add_argument("--current", help="version to make current (default: the first loaded)")
     p.add_argument("--model-name", default=None, help="model name (default: from the artifact's metadata)")
     p.add_argument("--baseline-csv", help="baseline features CSV for in-process monitoring")
@@ -60,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict:
+    import os
+
     if not args.demo and not args.model_uri:
         raise UsageError("give --model-uri (one per version) or --demo")
     if args.sha256 and len(args.sha256) != len(args.model_uri):
@@ -91,6 +98,9 @@ def _options(args: argparse.Namespace) -> dict:
         options["current"] = args.current
     if args.baseline_csv:
         options["baseline_csv"] = args.baseline_csv
+    tracking = args.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking:
+        options["mlflow_tracking_uri"] = tracking
     options.update(sidecar_url=args.sidecar_url, enable_monitoring=not args.no_monitoring,
                    enable_ab_testing=not args.no_ab_testing, flush_interval=args.flush_interval,
                    allow_unsafe_formats=args.allow_unsafe_formats, model_root=args.model_root,
@@ -100,6 +110,16 @@ def _options(args: argparse.Namespace) -> dict:
 
 def _name_from_metadata(uri: str) -> str:
     from mlops.serving.model_store import ModelLoadError, ModelMetadata, fetch_bytes, sibling_uri
+
+    if uri.startswith("models:/"):  # the registered model's name
+        from mlops.integrations.mlflow_registry import RegistryError, parse_registry_uri
+
+        try:
+            return parse_registry_uri(uri).name or "model"
+        except RegistryError as exc:
+            raise UsageError(str(exc)) from exc
+    if uri.startswith("runs:/"):
+        return "model"
 
     try:
         return ModelMetadata.model_validate_json(fetch_bytes(sibling_uri(uri, "metadata.json"))).model_name

@@ -2,6 +2,10 @@
 
 Writes DIR/model.skops, DIR/model.sha256, DIR/metadata.json (feature schema, classes, holdout
 metrics) and DIR/profile.json (baseline profile). The retraining Job's default command.
+
+With --register NAME (and an MLflow tracking server: --mlflow-tracking-uri or $MLFLOW_TRACKING_URI,
+the [mlflow] extra installed) the folder is also logged as a run's artifacts and registered as a new
+version of NAME; the command prints its models:/NAME/<version> URI and the sha256 to pin.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--algorithm", choices=["logistic", "forest"], default="logistic")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    p.add_argument("--register", metavar="NAME", help="register the artifact as a new MLflow model version")
+    p.add_argument("--mlflow-tracking-uri", default=None, help="MLflow server (default: $MLFLOW_TRACKING_URI)")
     p.set_defaults(func=run)
 
 
@@ -53,9 +59,32 @@ def run(args: argparse.Namespace) -> int:
                      optional=_names(args.optional), algorithm=args.algorithm, seed=args.seed)
     except TrainingError as exc:
         raise UsageError(str(exc)) from exc
+    registered = _register(args, meta) if args.register else None
     if args.json:
-        print(json.dumps(meta.model_dump(), indent=2, default=str))
+        payload = meta.model_dump()
+        if registered is not None:
+            payload["registered"] = registered
+        print(json.dumps(payload, indent=2, default=str))
     else:
         print(f"wrote {args.out}/model.skops (sha256 {meta.sha256}), metadata.json, profile.json; "
               f"holdout accuracy {meta.metrics['accuracy']:.3f}")
+        if registered is not None:
+            print(f"registered {registered['uri']} (sha256 {registered['sha256']}, run {registered['run_id']})")
     return 0
+
+
+def _register(args: argparse.Namespace, meta) -> dict:
+    from dataclasses import asdict
+
+    from mlops.integrations.mlflow_registry import RegistryError, register_folder
+
+    try:
+        version = register_folder(
+            args.out, args.register, meta.sha256, tracking_uri=args.mlflow_tracking_uri,
+            run_name=f"mlops train {meta.model_name} {meta.version}", metrics=meta.metrics,
+            params={"model_name": meta.model_name, "version": meta.version, "algorithm": args.algorithm,
+                    "label": args.label, "seed": args.seed, "data": args.data,
+                    "features": ",".join(meta.feature_schema.names)})
+    except RegistryError as exc:
+        raise UsageError(f"--register {args.register}: {exc}") from exc
+    return asdict(version)

@@ -57,6 +57,7 @@ from mlops.core.assignment import (
     ramp_share,
 )
 from mlops.core.segments import segment_matches, validate_segment_criteria
+from mlops.integrations.mlflow_tracking import Tracker
 from mlops.store.ab_store import ABStore, ExperimentExists, PredictionRecord, to_jsonable
 from mlops.store.sqlite import mlops_home
 
@@ -225,7 +226,8 @@ class ABTestingManager:
         timer: Callable[[], float] = time.perf_counter,
         id_factory: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
-        self.mlflow_tracking_uri = mlflow_tracking_uri  # accepted for compatibility; unused
+        self.mlflow_tracking_uri = mlflow_tracking_uri  # with MLflow installed, final results are logged there
+        self.tracker = Tracker(mlflow_tracking_uri, clock=clock, component="ab_testing")
         self.experiment_db = str(_resolve_db(experiment_db))
         self.store = ABStore(self.experiment_db)
         self._clock, self._timer, self._new_id = clock, timer, id_factory
@@ -313,6 +315,7 @@ class ABTestingManager:
         if not ok:
             raise ValueError(f"experiment {name!r} changed state concurrently; retry")
         self.active_experiments.pop(name, None)
+        self.tracker.ab_result(result.to_dict(), self._config(name).to_dict(), status=status.value, reason=reason)
         return result
 
     # ----------------------------------------------------------------- serving

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.core import retrain_policy as policy
+from mlops.integrations.mlflow_tracking import Tracker
 from mlops.store import retrain_store as rs
 from mlops.store.sqlite import model_dir
 
@@ -325,6 +326,7 @@ class DataDrivenRetrainingTrigger:
         model_name: str,
         config: RetrainingTriggerConfig | dict[str, Any] | None = None,
         production_monitor: Any = None,
+        mlflow_tracking_uri: str | None = None,
         *,
         retraining_handler: Callable[[str, str], Any] | None = None,
         clock: Clock = time.time,
@@ -337,6 +339,8 @@ class DataDrivenRetrainingTrigger:
         self.model_name = model_name
         self.config = _coerce_config(config)
         self.production_monitor = production_monitor
+        self.mlflow_tracking_uri = mlflow_tracking_uri  # with MLflow installed, each run is logged there
+        self.tracker = Tracker(mlflow_tracking_uri, component="retraining_trigger")
         self.retraining_handler = retraining_handler
         self._clock = clock
         self._sleep = sleep
@@ -709,6 +713,8 @@ class DataDrivenRetrainingTrigger:
                 "output_tail": outcome.output_tail, "new_model_version": outcome.new_model_version,
                 "performance_after": outcome.performance_after, **outcome.extra,
             })
+        if self.tracker.enabled:
+            self.tracker.retrain_run(self.model_name, _history_row(store.get_event(event_id)))
         if not outcome.success:
             log.warning("retrain %s of %s failed: %s", event_id, self.model_name, outcome.error_message)
 

@@ -54,6 +54,7 @@ from mlops.core.config import alert_config_from_mapping
 from mlops.core.drift import concept_drift_test
 from mlops.core.profile import BaselineProfile, ProfileVersionError
 from mlops.core.quality import assess_data_quality
+from mlops.integrations.mlflow_tracking import Tracker
 from mlops.monitoring.drift_detection import DriftMonitor
 from mlops.store.monitoring_store import AlertRecord, BatchRecord, MonitoringStore
 
@@ -143,8 +144,9 @@ def _labelled_mask(labels: np.ndarray) -> np.ndarray:
 class ProductionMonitor:
     """Monitors one model (see the module docstring).
 
-    ``mlflow_tracking_uri``, ``redis_host`` and ``redis_port`` are accepted for compatibility with
-    the original API and ignored: state lives in SQLite under ``$MLOPS_HOME/<model_name>/``.
+    ``redis_host`` and ``redis_port`` are accepted for compatibility with the original API and
+    ignored: state lives in SQLite under ``$MLOPS_HOME/<model_name>/``. With ``mlflow_tracking_uri``
+    (and MLflow installed) each batch's metrics are also logged there (mlops.integrations.mlflow_tracking).
     ``clock`` (epoch seconds) is injectable so time-based behaviour is tested without sleeping.
     """
 
@@ -171,6 +173,7 @@ class ProductionMonitor:
         self.alert_horizon = int(alert_horizon)
         self.model_name = model_name
         self.mlflow_tracking_uri = mlflow_tracking_uri
+        self.tracker = Tracker(mlflow_tracking_uri, clock=clock, component="production_monitor")
         self.redis_host = redis_host
         self.redis_port = redis_port
         self.alert_config = alert_config  # type: ignore[assignment]  (the property coerces)
@@ -472,6 +475,7 @@ class ProductionMonitor:
 
         metrics_dict = metrics.to_dict()
         alerts = [_alert_dict(a) for a in raised]
+        self.tracker.monitor_batch(self.model_name, metrics_dict, alerts)
         self._dispatch(alerts, metrics_dict)
         return {"metrics": metrics_dict, "alerts_triggered": alerts}
 
@@ -656,6 +660,7 @@ class ProductionMonitor:
 
     def close(self) -> None:
         self.stop_monitoring()
+        self.tracker.close()
         self.store.close()
 
 

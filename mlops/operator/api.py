@@ -26,7 +26,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-ARTIFACT_URI = r"^(file|https?|s3|gs)://.+$"
+ARTIFACT_URI = r"^((file|https?|s3|gs)://|models:/|runs:/).+$"
+TRACKING_URI = r"^https?://.+$"
 SHA256 = r"^[a-f0-9]{64}$"
 HEADER_NAME = r"^[A-Za-z0-9-]+$"
 CONFIGMAP_KEY = r"^[-._a-zA-Z0-9]+$"
@@ -84,6 +85,7 @@ class Artifact(_Model):
     uri: str = Field(max_length=2048, pattern=ARTIFACT_URI)
     sha256: str = Field(pattern=SHA256)
     format: Literal["skops", "joblib"] = "skops"
+    tracking_uri: str | None = Field(default=None, max_length=2048, pattern=TRACKING_URI)
 
 
 class ResourceRequirements(_Model):

@@ -80,6 +80,7 @@ def build_server_from_options(options: dict[str, Any], **extra: Any) -> Producti
         model_root=options.get("model_root"),
         trusted_types=options.get("trusted_types"),
         **extra,
+        mlflow_tracking_uri=options.get("mlflow_tracking_uri"),
     )
     for spec in options.get("versions", []):
         server.load_model_version(spec.get("version") or "", uri=spec["uri"], sha256=spec.get("sha256"),

@@ -351,6 +351,7 @@ def load_model(
     extra_trusted: list[str] | None = None,
     *,
     allow_unsafe: bool = False,
+    tracking_uri: str | None = None,
 ) -> LoadedModel:
     """Fetch ``uri``, verify it, then load it.
 
@@ -359,8 +360,14 @@ def load_model(
     is loaded only if it is what the trainer wrote -- ``model.sha256`` and metadata.json both present
     and both naming the file's digest -- anything else is refused.
 
+    MLflow registry URIs (``models:/``, ``runs:/``; ``tracking_uri`` or ``$MLFLOW_TRACKING_URI``
+    names the server) are downloaded by mlops.integrations.mlflow_registry and then verified and
+    loaded here like a local file.
+
     Raises ModelLoadError (IntegrityError on a digest mismatch) and has no other side effect.
     """
+    if uri.startswith(("models:/", "runs:/")):
+        return _load_registry_model(uri, sha256, fmt, version, extra_trusted, tracking_uri, allow_unsafe)
     metadata: ModelMetadata | None = None
     meta_source = metadata_uri or sibling_uri(uri, "metadata.json")
     try:
@@ -433,6 +440,27 @@ def load_model(
             f"metadata lists {len(metadata.feature_schema.features)} features but the model expects {n_in}"
         )
     return LoadedModel(estimator, metadata)
+
+
+def _load_registry_model(uri: str, sha256: str | None, fmt: ModelFormat | None, version: str | None,
+                         extra_trusted: list[str] | None, tracking_uri: str | None,
+                         allow_unsafe: bool = False) -> LoadedModel:
+    from mlops.integrations.mlflow_registry import RegistryError, download
+
+    try:
+        with download(uri, tracking_uri) as art:
+            if art.moving and sha256 is None:
+                raise ModelLoadError(f"{uri} can move to another model version: pin it with its sha256 "
+                                     f"(it resolves to {art.fixed_uri} now, sha256 {art.sha256()})")
+            loaded = load_model(str(art.model_path), sha256=sha256, fmt=fmt or art.format,
+                                version=version or (None if art.metadata_path else art.version),
+                                extra_trusted=extra_trusted, allow_unsafe=allow_unsafe)
+    except RegistryError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    except IntegrityError as exc:
+        raise IntegrityError(f"{uri} (resolved to {art.fixed_uri}): {exc}") from exc
+    loaded.metadata = loaded.metadata.model_copy(update={"source_uri": uri, "resolved_uri": art.fixed_uri})
+    return loaded
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

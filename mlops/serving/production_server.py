@@ -124,8 +124,10 @@ class ProductionModelServer:
         model_root: str | os.PathLike[str] | None = None,
         trusted_types: list[str] | None = None,
         body_timeout: float | None = None,
+        mlflow_tracking_uri: str | None = None,
     ) -> None:
         self.model_name = model_name
+        self.mlflow_tracking_uri = mlflow_tracking_uri  # registry URIs and tracking (mlops.integrations)
         self.enable_monitoring = enable_monitoring
         self.enable_ab_testing = enable_ab_testing
         self.clock = clock
@@ -242,7 +244,7 @@ class ProductionModelServer:
         except ImportError as exc:
             logger.warning("in-process monitoring unavailable (%s); predictions will not be recorded", exc)
             return None
-        return create_production_monitor(self.model_name)
+        return create_production_monitor(self.model_name, mlflow_tracking_uri=self.mlflow_tracking_uri)
 
     def _create_ab_manager(self) -> Any:
         try:
@@ -250,7 +252,7 @@ class ProductionModelServer:
         except ImportError as exc:
             logger.warning("A/B testing unavailable (%s)", exc)
             return None
-        return ABTestingManager()
+        return ABTestingManager(self.mlflow_tracking_uri)
 
     def _batch_mode_for(self, model: LoadedModel) -> BatchMode:
         return "thread" if model.version in self._slow else self.batch_mode
@@ -288,7 +290,8 @@ class ProductionModelServer:
             loaded = LoadedModel(model, meta)
         elif uri:
             loaded = load_model(uri, sha256=sha256, fmt=format, version=version or None,  # type: ignore[arg-type]
-                                extra_trusted=self.trusted_types, allow_unsafe=self.allow_unsafe_formats)
+                                extra_trusted=self.trusted_types, allow_unsafe=self.allow_unsafe_formats,
+                                tracking_uri=self.mlflow_tracking_uri)
             version = loaded.version
         else:
             raise ValueError("load_model_version needs a uri or a model")
@@ -1196,6 +1199,54 @@ class _ServerCollector:
         yield GaugeMetricFamily("mlops_server_uptime_seconds", "Seconds since start", value=s.clock() - s.started_at)
 
 
+class ProductionServer(ProductionModelServer):
+    """The original system's server class name and argument order: ``ProductionServer(model_name,
+    mlflow_tracking_uri, enable_monitoring, enable_ab_testing)``. Versions given by name only are
+    found by a :class:`mlops.serving.model_loader.ModelLoader` (registry first, then ``models_dir``);
+    ``run()`` loads the latest version when none is loaded yet."""
+
+    def __init__(self, model_name: str = "alzheimer_classifier", mlflow_tracking_uri: str | None = None,
+                 enable_monitoring: bool = True, enable_ab_testing: bool = True, *,
+                 models_dir: str | os.PathLike[str] = "models", **options: Any) -> None:
+        from mlops.serving.model_loader import ModelLoader
+
+        super().__init__(model_name, enable_monitoring, enable_ab_testing, mlflow_tracking_uri=mlflow_tracking_uri,
+                         **options)
+        self.model_loader = ModelLoader(mlflow_tracking_uri, models_dir)
+
+    def load_model_version(self, version: str, uri: str | None = None, sha256: str | None = None,
+                           make_current: bool = False, **kwargs: Any) -> dict[str, Any]:
+        if uri is None and kwargs.get("model") is None:
+            found = self.model_loader.load(self.model_name, version, sha256=sha256)
+            return super().load_model_version(version, make_current=make_current, model=found.estimator,
+                                              metadata=found.metadata)
+        return super().load_model_version(version, uri, sha256, make_current, **kwargs)
+
+    def load_latest_model(self) -> bool:
+        """Load (and make current) the newest version the model loader finds; False when there is none."""
+        version = self.model_loader.get_latest_model_version(self.model_name)
+        if version is None:
+            return False
+        self.load_model_version(version, make_current=True)
+        return True
+
+    def start_monitoring(self, interval_seconds: float = 300) -> None:
+        if self.monitor is not None:
+            self.monitor.start_monitoring(interval_seconds)
+
+    def run(self, host: str = "0.0.0.0", port: int = 5000, log_level: str = "info", debug: bool = False) -> None:
+        if not self.models:
+            self.load_latest_model()
+        self.start_monitoring()
+        super().run(host=host, port=port, log_level="debug" if debug else log_level)
+
+    def close(self) -> None:
+        super().close()
+        if self.monitor is not None:
+            self.monitor.stop_monitoring()
+            self.monitor.tracker.close()
+
+
 def create_production_server(
     model_name: str,
     enable_monitoring: bool = True,
@@ -1225,4 +1276,4 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-__all__ = ["ProductionModelServer", "create_production_server", "ModelLoadError", "error_response"]
+__all__ = ["ProductionModelServer", "ProductionServer", "create_production_server", "ModelLoadError", "error_response"]

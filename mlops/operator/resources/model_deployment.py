@@ -120,6 +120,9 @@ SIDECAR_RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"m
 MODEL_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 ANN_ROUTING_HASH = f"{n.GROUP}/routing-hash"
 INIT_RESOURCES = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}
+# models:/ and runs:/ artifacts are resolved by `mlops mlflow fetch` (the same resolver as
+# `mlops serve`), which imports the MLflow client: it needs the image built with the [mlflow] extra.
+REGISTRY_INIT_RESOURCES = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "768Mi"}}
 
 
 def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, str]) -> dict[str, Any]:
@@ -242,6 +245,14 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
         init["env"] = store_env
     if store.get("secretName"):
         init["envFrom"] = [{"secretRef": {"name": store["secretName"]}}]
+    if artifact["uri"].startswith(("models:/", "runs:/")):
+        init["command"] = ["python", "-m", "mlops", "mlflow", "fetch", artifact["uri"], "--sha256",
+                           artifact["sha256"], "--dest", model_file]
+        init["resources"] = REGISTRY_INIT_RESOURCES
+        tracking = (version.get("artifact") or {}).get("trackingUri")
+        init["env"] = [*init.get("env", []), {"name": "HOME", "value": "/tmp"}]
+        if tracking:
+            init["env"].append({"name": "MLFLOW_TRACKING_URI", "value": tracking})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
