@@ -75,3 +75,25 @@ def build_demo(folder: str | Path, seed: int = 42) -> DemoArtifacts:
     baseline_csv = folder / "baseline_features.csv"
     baseline.to_csv(baseline_csv, index=False)
     return DemoArtifacts(folder=folder, model_uris=uris, baseline_csv=baseline_csv)
+
+
+PREBUILT_ENV = "MLOPS_DEMO_MODELS"
+
+
+def prebuilt_or_build(folder: str | Path) -> DemoArtifacts:
+    """The demo artifacts from ``$MLOPS_DEMO_MODELS`` when it holds a complete set (the container
+    image trains them at build time, so ``serve --demo`` starts on a read-only root filesystem without
+    training), else ``build_demo(folder)``."""
+    import os
+
+    prebuilt = os.environ.get(PREBUILT_ENV)
+    if prebuilt:
+        root = Path(prebuilt)
+        files = [root / v / "model.skops" for v in VERSIONS] + [root / "baseline_features.csv"]
+        if all(f.is_file() for f in files):
+            return DemoArtifacts(folder=root, model_uris={v: (root / v / "model.skops").resolve().as_uri()
+                                                          for v in VERSIONS},
+                                 baseline_csv=root / "baseline_features.csv")
+        raise FileNotFoundError(f"${PREBUILT_ENV}={prebuilt} lacks the demo artifacts "
+                                f"({', '.join(str(f) for f in files if not f.is_file())})")
+    return build_demo(folder)
