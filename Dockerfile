@@ -14,9 +14,12 @@ RUN python3 -m venv /opt/mlops
 WORKDIR /src
 # Dependencies first, from pyproject.toml alone: this layer is reused until the dependencies change.
 COPY pyproject.toml README.md ./
+# (The placeholder package and setuptools' build/ folder are removed again: a stale build/lib copy of
+# the placeholder would shadow the real mlops/__init__.py copied next.)
 RUN mkdir mlops && touch mlops/__init__.py \
     && pip install --no-cache-dir . \
-    && pip uninstall --yes mlops-operator
+    && pip uninstall --yes mlops-operator \
+    && rm -rf mlops build ./*.egg-info
 COPY mlops ./mlops
 RUN pip install --no-cache-dir --no-deps . \
     && mlops --help >/dev/null

@@ -422,6 +422,16 @@ def pause_archive() -> Path:
     return out
 
 
+def _normalized(image: str) -> str:
+    """containerd's name for an image reference (docker.io/library/ for bare names)."""
+    first = image.split("/", 1)[0]
+    if "/" not in image:
+        return f"docker.io/library/{image}"
+    if "." not in first and ":" not in first and first != "localhost":
+        return f"docker.io/{image}"
+    return image
+
+
 # ------------------------------------------------------------------------------------------ the node
 
 
@@ -611,6 +621,12 @@ class RealNode:
             archive = Path(tmp) / "image.tar"
             _run(*_podman(), "save", "--format", "docker-archive", "-o", str(archive), image, timeout=600)
             self.import_archive(archive)
+
+    def tag_image(self, image: str, *names: str) -> None:
+        """Give an imported image more names (e.g. the one manifests/ reference), so pods with
+        ``imagePullPolicy: IfNotPresent`` find it without a registry."""
+        for name in names:
+            self.ctr("images", "tag", "--force", _normalized(image), _normalized(name))
 
     # -------------------------------------------------------------- configuration
 
