@@ -553,8 +553,7 @@ class RealNode:
                 "--node-labels=type=real,mlops.duetmind.io/real-node=true",
                 "--v=1",
             ])
-            self._spawn("kube-proxy", [f"--config={self.root / 'kube-proxy' / 'config.yaml'}",
-                                       f"--hostname-override={self.name}", "--v=1"])
+            self._spawn("kube-proxy", [f"--config={self.root / 'kube-proxy' / 'config.yaml'}", "--v=1"])
             self._spawn("coredns", ["-conf", str(self.root / "coredns" / "Corefile")])
             _wait(lambda: self._died(*self.pids) or self._node_ready(cluster), timeout,
                   f"node {self.name} Ready", lambda: self.logs_tail("kubelet"))
@@ -758,6 +757,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
             "kind": "KubeProxyConfiguration",
             "clientConnection": {"kubeconfig": str(kp / "kubeconfig")},
             "mode": "iptables",
+            "hostnameOverride": self.name,
             "clusterCIDR": net.subnet,
             "bindAddress": gw,
             "healthzBindAddress": f"127.0.0.1:{free_port()}",
