@@ -25,7 +25,8 @@ RUN pip install --no-cache-dir --no-deps . \
     && mlops --help >/dev/null
 # The quick-start demo's two model versions, trained at build time: `mlops serve --demo` serves these
 # without training, and examples/00-quickstart deploys them through the init container (file://).
-RUN python -c "from mlops.serving.demo import build_demo; build_demo('/opt/mlops/demo-models')"
+RUN python -c "import json; from mlops.serving import demo; a = demo.build_demo('/opt/mlops/demo-models'); \
+open('/opt/mlops/demo-models/quickstart.yaml', 'w').write(json.dumps(demo.quickstart_manifest(a), indent=2))"
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/mlops /opt/mlops

@@ -97,3 +97,24 @@ def prebuilt_or_build(folder: str | Path) -> DemoArtifacts:
         raise FileNotFoundError(f"${PREBUILT_ENV}={prebuilt} lacks the demo artifacts "
                                 f"({', '.join(str(f) for f in files if not f.is_file())})")
     return build_demo(folder)
+
+
+def quickstart_manifest(artifacts: DemoArtifacts, name: str = "quickstart") -> dict:
+    """``examples/00-quickstart``'s ModelDeployment for these artifacts: both versions by ``file://`` URI
+    with their real sha256. The image writes it next to its prebuilt models
+    (``/opt/mlops/demo-models/quickstart.yaml``), because the digests are only known once built."""
+    import hashlib
+
+    versions = []
+    for version in VERSIONS:
+        path = Path(artifacts.model_uris[version].removeprefix("file://"))
+        versions.append({"name": version.split(".")[0], "replicas": 1,
+                         "artifact": {"uri": artifacts.model_uris[version],
+                                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "format": "skops"}})
+    return {
+        "apiVersion": "mlops.duetmind.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"modelName": "alzheimer", "stableVersion": versions[0]["name"], "versions": versions,
+                 "monitoring": {"collectIntervalSeconds": 10}},
+    }

@@ -696,7 +696,10 @@ def _nodes_ready(cluster: LocalCluster) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlops.testing.cluster", description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "load-image"])
+    parser.add_argument("image", nargs="?", help="load-image: the podman image to copy into the real node")
+    parser.add_argument("--as", dest="tags", action="append", default=[], metavar="NAME",
+                        help="load-image: also name it NAME on the node (e.g. the image manifests/ reference)")
     parser.add_argument("--dir", default=".cluster", help="working folder (kubeconfig, logs, state)")
     parser.add_argument("--nodes", type=int, default=1, help="number of fake KWOK nodes")
     parser.add_argument("--real-node", action="store_true",
@@ -732,6 +735,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no cluster state in {workdir}", file=sys.stderr)
         return 0 if args.action == "down" else 1
     cluster = LocalCluster.load(workdir)
+    if args.action == "load-image":
+        if not args.image:
+            parser.error("load-image needs an IMAGE")
+        if not cluster.real_node:
+            print("error: this cluster has no real node (make cluster REAL_NODE=1)", file=sys.stderr)
+            return 1
+        cluster.load_image(args.image)
+        if args.tags:
+            cluster.real_node.tag_image(args.image, *args.tags)
+        print(f"loaded {args.image} into {cluster.real_node.name}" + (f" as {', '.join(args.tags)}" if args.tags else ""))
+        return 0
     if args.action == "status":
         running = cluster.running()
         print(json.dumps({"server": cluster.server, "running": running, "readyz": cluster.readyz()}, indent=2))
