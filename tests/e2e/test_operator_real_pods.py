@@ -207,8 +207,8 @@ def test_model_deployment_serves_on_real_pods_and_survives_a_tampered_artifact(
     from mlops.serving.demo import FEATURES, LABEL, generate_oasis_like
 
     frame = generate_oasis_like(n=40, seed=11)
-    rows = [({f: (None if frame[f].isna().iloc[i] else float(frame[f].iloc[i])) for f in FEATURES
-              if not frame[f].isna().iloc[i]}, int(frame[LABEL].iloc[i])) for i in range(len(frame))]
+    rows = [({f: float(frame[f].iloc[i]) for f in FEATURES if not frame[f].isna().iloc[i]},
+             int(frame[LABEL].iloc[i])) for i in range(len(frame))]
     sent = run_client(cluster, ns, "client-1", f"alz.{ns}.svc.cluster.local", rows, image)
     assert sent["ok"] == len(rows) and sent["feedback_ok"] == len(rows), sent
     assert sent["versions"] == {"v1": len(rows)}, sent  # no experiment: every user on the stable version
@@ -240,3 +240,32 @@ def test_model_deployment_serves_on_real_pods_and_survives_a_tampered_artifact(
     assert gen_after["metadata"]["generation"] == gen_before["metadata"]["generation"]  # not rolled out
     again = run_client(cluster, ns, "client-2", f"alz.{ns}.svc.cluster.local", rows[:5], image)
     assert again["ok"] == 5, again  # the previous artifacts still answer
+
+
+def test_quickstart_example_from_the_image_becomes_ready_and_serves(operator_in_cluster, image):
+    """examples/00-quickstart: the manifest the image build wrote, for the models the image carries."""
+    from mlops.testing.image import podman
+
+    cluster = operator_in_cluster
+    manifest = json.loads(podman("run", "--rm", "--network", "none", "--entrypoint", "cat", image,
+                                 "/opt/mlops/demo-models/quickstart.yaml").stdout)
+    assert all(v["artifact"]["uri"].startswith("file:///opt/mlops/demo-models/") for v in manifest["spec"]["versions"])
+    ns = "e2e-quickstart"
+    cluster.create_namespace(ns, labels=RESTRICTED)
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
+
+    def ready():
+        cr = get_mdep(cluster, ns, "quickstart")
+        st = cr.get("status") or {}
+        return st.get("phase") == "Ready" and st.get("observedGeneration") == cr["metadata"]["generation"] and cr
+
+    wait_until(ready, 420, "quickstart Ready",
+               lambda: cluster.kubectl("get", "pods", "-n", ns, "-o", "wide", check=False).stdout
+               + operator_logs(cluster))
+    from mlops.serving.demo import FEATURES, LABEL, generate_oasis_like
+
+    frame = generate_oasis_like(n=3, seed=5)
+    rows = [({f: float(frame[f].iloc[i]) for f in FEATURES if not frame[f].isna().iloc[i]},
+             int(frame[LABEL].iloc[i])) for i in range(3)]
+    sent = run_client(cluster, ns, "quickstart-client", f"quickstart.{ns}.svc.cluster.local", rows, image)
+    assert sent["ok"] == 3 and sent["versions"] == {"v1": 3}, sent
