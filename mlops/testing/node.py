@@ -403,6 +403,14 @@ def _podman() -> list[str]:
     return podman_command()
 
 
+def containerd_root() -> Path:
+    """containerd's root (content store, snapshots, metadata) persists across runs, like a node's
+    /var/lib/containerd: imported images stay. Its state (sockets, running tasks) is per run."""
+    path = cache_dir() / "node" / "containerd-root"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def pause_archive() -> Path:
     """An OCI archive of the pause image (the static hack/pause binary), cached by the binary's size/mtime."""
     binary = node_bin_dir() / "pause"
@@ -615,11 +623,23 @@ class RealNode:
         self.ctr("images", "import", str(archive))
 
     def load_image(self, image: str) -> None:
-        """Copy a podman image into the node's containerd (``podman save`` + ``ctr images import``)."""
+        """Copy a podman image into the node's containerd (``podman save`` + ``ctr images import``).
+
+        containerd's content store persists in the cache (``containerd_root()``), so an image whose
+        podman ID was imported before is not copied again (a 900 MB image takes minutes)."""
+        image_id = _run(*_podman(), "image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+        marker = containerd_root().parent / "imported" / f"{image_id}-{image.replace('/', '_')}"
+        present = _normalized(image) in self.ctr("images", "ls", "--quiet").stdout.split()
+        if marker.exists() and present:
+            return
         with tempfile.TemporaryDirectory(dir=self.root) as tmp:
             archive = Path(tmp) / "image.tar"
-            _run(*_podman(), "save", "--format", "docker-archive", "-o", str(archive), image, timeout=600)
+            _run(*_podman(), "save", "--format", "docker-archive", "-o", str(archive), image, timeout=900)
             self.import_archive(archive)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        for old in marker.parent.glob(f"*-{image.replace('/', '_')}"):
+            old.unlink()
+        marker.touch()
 
     def tag_image(self, image: str, *names: str) -> None:
         """Give an imported image more names (e.g. the one manifests/ reference), so pods with
@@ -662,7 +682,7 @@ class RealNode:
         cd.mkdir(parents=True, exist_ok=True)
         (cd / "config.toml").write_text(f"""\
 version = 3
-root = "{cd / 'root'}"
+root = "{containerd_root()}"
 state = "{cd / 'state'}"
 disabled_plugins = ["io.containerd.nri.v1.nri"]
 
