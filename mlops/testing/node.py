@@ -59,6 +59,9 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Host paths containerd and the shims use whatever their config says: created if missing, and removed
 # on stop when they did not exist before and are empty.
 HOST_DIRS = (Path("/run/containerd"), Path("/var/run/netns"), Path("/var/lib/cni"), Path("/opt/containerd"))
+# Created only by containerd and its shims (e.g. shim sockets in /run/containerd/s): when they did not
+# exist before the node started, whatever is in them is the node's.
+OWNED_IF_NEW = (Path("/run/containerd"), Path("/opt/containerd"))
 # Sysctls kubelet (setupKernelTunables), kube-proxy and the node itself change.
 SYSCTLS = (
     "vm/overcommit_memory",
@@ -823,6 +826,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         errors: list[str] = []
         if cluster is not None and self.alive() and _pid_alive(self.pids.get("kubelet", -1)):
             with contextlib.suppress(Exception):
+                # Cordon first: controllers' replacement pods must not land here again while we wait.
+                cluster.kubectl("cordon", self.name, check=False)
                 cluster.kubectl("delete", "pods", "--all-namespaces", "--all", "--grace-period=1",
                                 f"--field-selector=spec.nodeName={self.name}", "--wait=false", check=False)
                 _wait(lambda: not self._pods_left(cluster), timeout, "the node's pods to be deleted")
@@ -852,7 +857,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
                 errors.append(f"sysctl {key}={value}: {exc}")
         for d in HOST_DIRS:
             if str(d) not in self.host_dirs_before and d.exists():
-                self._remove_if_only_empty_dirs(d)
+                if d in OWNED_IF_NEW:
+                    shutil.rmtree(d, ignore_errors=True)  # only containerd and its shims use these
+                else:
+                    self._remove_if_only_empty_dirs(d)
         self.pids = {}
         with _registry_lock():
             current = _read_registry()
@@ -928,13 +936,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
 
     @staticmethod
     def _remove_if_only_empty_dirs(root: Path) -> None:
-        """Remove ``root`` when it holds nothing but empty directories (what containerd left)."""
-        if any(p.is_file() or p.is_symlink() for p in root.rglob("*")):
-            for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-            return
-        for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        """Remove the empty directories under ``root``, deepest first, then ``root`` if it is empty."""
+        for d in sorted((p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()),
+                        key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):
                 d.rmdir()
         with contextlib.suppress(OSError):
