@@ -842,9 +842,12 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
             _terminate(pid, None)
         if os.access(bin_dir / "kube-proxy", os.X_OK):
             # kube-proxy's own clean-up of its KUBE-* chains (iptables and ip6tables).
+            # Its exit status also reflects the nftables and IPVS back ends this host may not have, so
+            # what counts is whether any KUBE- chain is left.
             proc = _run(str(bin_dir / "kube-proxy"), "--cleanup", "--v=0", check=False, timeout=60)
-            if proc.returncode != 0:
-                errors.append(f"kube-proxy --cleanup: {proc.stderr.strip()[-500:]}")
+            left = [r for r in _iptables_rules("iptables-save") + _iptables_rules("ip6tables-save") if "KUBE-" in r]
+            if left:
+                errors.append(f"kube-proxy --cleanup left {len(left)} KUBE- rules: {proc.stderr.strip()[-300:]}")
         self._unmount_under(self.workdir)
         self._remove_netns()
         self._remove_cni_cache()

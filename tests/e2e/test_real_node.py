@@ -141,20 +141,38 @@ def test_real_node_runs_pods_deployments_services_dns_and_jobs_and_restores_the_
     assert snapshot_diff(before, after) == {}
 
 
-def test_second_start_cleans_up_after_a_crashed_node(image, real_node_prerequisites, tmp_path):
-    """A run killed without `down` (processes SIGKILLed, state left behind) is undone by the next start."""
+def test_cli_up_after_a_crashed_real_node_cleans_up_and_down_restores_the_host(
+    image, real_node_prerequisites, tmp_path
+):
+    """`make cluster REAL_NODE=1` is `python -m mlops.testing.cluster up --real-node`. A run killed
+    without `down` (every process SIGKILLed, state left behind) is undone by the next `up`, and `down`
+    leaves the host as it was."""
     import os
     import signal
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mlops.testing.cluster", *args], capture_output=True,
+                              text=True, timeout=300, check=False)
 
     before = host_snapshot()
-    first = start_cluster(tmp_path / "first", real_node=True)
-    crashed_bridge = first.real_node.network.bridge
-    for pid in [*first.real_node.pids.values(), *first.pids.values()]:
+    first = cli("up", "--real-node", "--dir", str(tmp_path / "first"))
+    assert first.returncode == 0, first.stderr
+    assert "real node real-node-" in first.stdout
+    state = json.loads((tmp_path / "first" / "cluster.json").read_text())
+    crashed_bridge = state["real_node"]["network"]["bridge"]
+    assert crashed_bridge in host_snapshot()["links"]
+    for pid in [*state["real_node"]["pids"].values(), *state["pids"].values()]:
         os.kill(pid, signal.SIGKILL)
-    second = start_cluster(tmp_path / "second", real_node=True)
+
+    second = cli("up", "--real-node", "--dir", str(tmp_path / "second"))
     try:
-        links = host_snapshot()["links"]
-        assert crashed_bridge not in links
+        assert second.returncode == 0, second.stderr
+        assert crashed_bridge not in host_snapshot()["links"]  # the crashed run's bridge is gone
+        status = cli("status", "--dir", str(tmp_path / "second"))
+        assert status.returncode == 0 and json.loads(status.stdout)["readyz"] is True
     finally:
-        second.stop()
+        down = cli("down", "--dir", str(tmp_path / "second"))
+    assert down.returncode == 0, down.stderr
     assert snapshot_diff(before, host_snapshot()) == {}
