@@ -400,8 +400,13 @@ class LocalCluster:
             node, self.real_node = self.real_node, None
             try:
                 node.stop(self)
-            finally:
+            finally:  # the control plane stops even when the node's clean-up reports a problem
                 self.save_state()
+                self._stop_control_plane(timeout)
+            return
+        self._stop_control_plane(timeout)
+
+    def _stop_control_plane(self, timeout: float) -> None:
         for name in reversed(list(self.pids)):
             pid = self.pids[name]
             if not _pid_runs(pid, name):

@@ -163,6 +163,47 @@ def _iptables_rules(binary: str) -> list[str]:
     return sorted(lines)
 
 
+def _save_lines(binary: str) -> list[str]:
+    save = shutil.which(f"{binary}-save")
+    return _run(save, check=False).stdout.splitlines() if save else []
+
+
+def _chains(binary: str, prefix: str) -> set[str]:
+    """``table/CHAIN`` names starting with ``prefix``."""
+    found, table = set(), ""
+    for line in _save_lines(binary):
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":" + prefix):
+            found.add(f"{table}/{line[1:].split()[0]}")
+    return found
+
+
+def _remove_chains(binary: str, prefix: str, keep: set[str]) -> None:
+    """Delete every rule jumping to a ``prefix`` chain not in ``keep`` (``table/CHAIN``), then those chains."""
+    import shlex
+
+    doomed = _chains(binary, prefix) - keep
+    if not doomed:
+        return
+    table = ""
+    for line in _save_lines(binary):
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-A "):
+            args = shlex.split(line)
+            chain = args[1]
+            target = args[args.index("-j") + 1] if "-j" in args else ""
+            if f"{table}/{chain}" not in doomed and f"{table}/{target}" in doomed:
+                _run(binary, "-w", "-t", table, "-D", *args[1:], check=False)
+    for name in sorted(doomed):
+        table, chain = name.split("/", 1)
+        _run(binary, "-w", "-t", table, "-F", chain, check=False)
+    for name in sorted(doomed):
+        table, chain = name.split("/", 1)
+        _run(binary, "-w", "-t", table, "-X", chain, check=False)
+
+
 def _mounts() -> list[str]:
     out = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -228,14 +269,29 @@ def snapshot_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
 # ------------------------------------------------------------------------------------ the registry
 
 
+_lock_depth = 0
+
+
 @contextlib.contextmanager
 def _registry_lock():
-    REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
-    with open(REGISTRY_DIR / "real-node.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """An exclusive lock on the host's real-node registry (re-entrant within this process: clean-up of a
+    crashed node runs while ``prepare`` holds it)."""
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
         try:
             yield
         finally:
+            _lock_depth -= 1
+        return
+    REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
+    with open(REGISTRY_DIR / "real-node.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock_depth = 1
+        try:
+            yield
+        finally:
+            _lock_depth = 0
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
@@ -460,6 +516,7 @@ class RealNode:
     netns_before: list[str] = field(default_factory=list)
     cni_cache_before: list[str] = field(default_factory=list)
     cgroups_before: list[str] = field(default_factory=list)
+    kube_chains_before: list[str] = field(default_factory=list)
 
     # -------------------------------------------------------------- paths
 
@@ -480,7 +537,8 @@ class RealNode:
             "workdir": str(self.workdir), "name": self.name, "network": self.network.__dict__,
             "pids": self.pids, "saved_sysctls": self.saved_sysctls, "host_dirs_before": self.host_dirs_before,
             "netns_before": self.netns_before, "cni_cache_before": self.cni_cache_before,
-            "cgroups_before": self.cgroups_before, "bin_dir": str(node_bin_dir()),
+            "cgroups_before": self.cgroups_before, "kube_chains_before": self.kube_chains_before,
+            "bin_dir": str(node_bin_dir()),
         }
 
     @classmethod
@@ -491,6 +549,7 @@ class RealNode:
             saved_sysctls=state.get("saved_sysctls", {}), host_dirs_before=state.get("host_dirs_before", []),
             netns_before=state.get("netns_before", []), cni_cache_before=state.get("cni_cache_before", []),
             cgroups_before=state.get("cgroups_before", []),
+            kube_chains_before=state.get("kube_chains_before", []),
         )
 
     def _save(self) -> None:
@@ -524,6 +583,7 @@ class RealNode:
                 netns_before=_netns(),
                 cni_cache_before=sorted(p.name for p in CNI_CACHE.iterdir()) if CNI_CACHE.is_dir() else [],
                 cgroups_before=_kubepods_cgroups(),
+                kube_chains_before=sorted(_chains("iptables", "KUBE-") | _chains("ip6tables", "KUBE-")),
             )
             if node.cgroups_before:
                 raise NodeError(f"kubepods cgroups already exist ({node.cgroups_before}): another kubelet "
@@ -845,6 +905,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
             # Its exit status also reflects the nftables and IPVS back ends this host may not have, so
             # what counts is whether any KUBE- chain is left.
             proc = _run(str(bin_dir / "kube-proxy"), "--cleanup", "--v=0", check=False, timeout=60)
+            # kubelet's own chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY) are not kube-proxy's to clean.
+            for binary in ("iptables", "ip6tables"):
+                _remove_chains(binary, "KUBE-", keep=set(self.kube_chains_before))
             left = [r for r in _iptables_rules("iptables-save") + _iptables_rules("ip6tables-save") if "KUBE-" in r]
             if left:
                 errors.append(f"kube-proxy --cleanup left {len(left)} KUBE- rules: {proc.stderr.strip()[-300:]}")

@@ -85,7 +85,7 @@ def test_real_node_runs_pods_deployments_services_dns_and_jobs_and_restores_the_
         cluster.load_image(image)
         info = json.loads(cluster.kubectl("get", "node", node.name, "-o", "json").stdout)
         assert info["status"]["nodeInfo"]["kubeletVersion"] == "v1.36.3"
-        assert info["status"]["nodeInfo"]["containerRuntimeVersion"] == "containerd://v2.4.2"
+        assert info["status"]["nodeInfo"]["containerRuntimeVersion"] in ("containerd://2.4.2", "containerd://v2.4.2")
         assert "kwok.x-k8s.io/node" not in info["metadata"].get("annotations", {})
 
         ns = "realnode"
