@@ -522,7 +522,9 @@ class RealNode:
 
     @property
     def root(self) -> Path:
-        return self.workdir / "node"
+        """The node's files (configs, kubelet root with its sockets, containerd state) under /run: unix
+        socket paths are limited to about 104 bytes and pytest's temporary folders are longer."""
+        return REGISTRY_DIR / f"node-{self.network.id}"
 
     @property
     def containerd_address(self) -> str:
@@ -911,7 +913,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
             left = [r for r in _iptables_rules("iptables-save") + _iptables_rules("ip6tables-save") if "KUBE-" in r]
             if left:
                 errors.append(f"kube-proxy --cleanup left {len(left)} KUBE- rules: {proc.stderr.strip()[-300:]}")
+        self._unmount_under(self.root)
         self._unmount_under(self.workdir)
+        shutil.rmtree(self.root, ignore_errors=True)
         self._remove_netns()
         self._remove_cni_cache()
         self._remove_cgroups()
@@ -996,7 +1000,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         if not CNI_CACHE.is_dir():
             return
         for f in CNI_CACHE.iterdir():
-            if f.name.startswith(self.cni_network_name + "-") and f.name not in self.cni_cache_before:
+            # Results of our network, and of the loopback network containerd sets up in every sandbox.
+            ours = f.name.startswith((self.cni_network_name + "-", "cni-loopback-"))
+            if ours and f.name not in self.cni_cache_before:
                 with contextlib.suppress(OSError):
                     f.unlink()
 
