@@ -58,7 +58,8 @@ CNI_CACHE = Path("/var/lib/cni/results")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Host paths containerd and the shims use whatever their config says: created if missing, and removed
 # on stop when they did not exist before and are empty.
-HOST_DIRS = (Path("/run/containerd"), Path("/var/run/netns"), Path("/var/lib/cni"), Path("/opt/containerd"))
+HOST_DIRS = (Path("/run/containerd"), Path("/var/run/netns"), Path("/var/lib/cni/results"), Path("/var/lib/cni"),
+             Path("/opt/containerd"))
 # Created only by containerd and its shims (e.g. shim sockets in /run/containerd/s): when they did not
 # exist before the node started, whatever is in them is the node's.
 OWNED_IF_NEW = (Path("/run/containerd"), Path("/opt/containerd"))
