@@ -31,7 +31,11 @@ open('/opt/mlops/demo-models/quickstart.yaml', 'w').write(json.dumps(demo.quicks
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/mlops /opt/mlops
 RUN useradd --uid 65532 --no-create-home --home-dir /var/lib/mlops --shell /usr/sbin/nologin mlops
+# USER/LOGNAME: pods may run the image under any uid (the operator's manifests use 10001), which has
+# no passwd entry; getpass.getuser() (kopf's peering identity) reads these before asking passwd.
 ENV PATH=/opt/mlops/bin:$PATH \
+    USER=mlops \
+    LOGNAME=mlops \
     MLOPS_HOME=/var/lib/mlops \
     MLOPS_DEMO_MODELS=/opt/mlops/demo-models \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -143,6 +143,15 @@ def test_operator_help_and_train_run_read_only_as_65532(image, tmp_path):
     assert 0.5 < metadata["metrics"]["accuracy"] <= 1.0, metadata
 
 
+def test_any_uid_without_a_passwd_entry_has_a_user_name(image):
+    """Found on real pods: the operator's manifests run the image as uid 10001, which has no passwd entry,
+    and kopf's peering identity (getpass.getuser) crashed the operator at start-up."""
+    proc = podman("run", "--rm", "--user", "10001:10001", "--read-only", "--network", "none",
+                  "--entrypoint", "python", image, "-c", "import getpass; print(getpass.getuser())", check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "mlops"
+
+
 def test_image_is_small_enough_and_runs_as_non_root_by_default(image):
     info = json.loads(podman("image", "inspect", image).stdout)[0]
     assert info["Config"]["User"] == "65532:65532"
