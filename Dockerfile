@@ -12,14 +12,15 @@ FROM ${BASE_IMAGE} AS build
 ENV VIRTUAL_ENV=/opt/mlops PATH=/opt/mlops/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/mlops
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone: this layer is reused until the dependencies change.
-COPY pyproject.toml README.md ./
-# (The placeholder package and setuptools' build/ folder are removed again: a stale build/lib copy of
-# the placeholder would shadow the real mlops/__init__.py copied next.)
-RUN mkdir mlops && touch mlops/__init__.py \
+# Dependencies first, from pyproject.toml alone (placeholder README and package): this layer is reused
+# until the dependencies change. The placeholders and setuptools' build/ folder are removed again: a
+# stale build/lib copy of the placeholder would shadow the real mlops/__init__.py copied next.
+COPY pyproject.toml ./
+RUN mkdir mlops && touch mlops/__init__.py README.md \
     && pip install --no-cache-dir . \
     && pip uninstall --yes mlops-operator \
-    && rm -rf mlops build ./*.egg-info
+    && rm -rf mlops build ./*.egg-info README.md
+COPY README.md ./
 COPY mlops ./mlops
 RUN pip install --no-cache-dir --no-deps . \
     && mlops --help >/dev/null
