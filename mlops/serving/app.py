@@ -27,10 +27,10 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_demo(folder: str | Path) -> dict[str, Any]:
-    """Train the demo versions (once) and return the options that serve them."""
+    """Train the demo versions (or use the image's prebuilt ones) and return the options that serve them."""
     from mlops.serving import demo
 
-    artifacts = demo.build_demo(folder)
+    artifacts = demo.prebuilt_or_build(folder)
     return {
         "model_name": demo.MODEL_NAME,
         "versions": [{"version": v, "uri": artifacts.model_uris[v]} for v in demo.VERSIONS],

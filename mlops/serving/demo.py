@@ -75,3 +75,46 @@ def build_demo(folder: str | Path, seed: int = 42) -> DemoArtifacts:
     baseline_csv = folder / "baseline_features.csv"
     baseline.to_csv(baseline_csv, index=False)
     return DemoArtifacts(folder=folder, model_uris=uris, baseline_csv=baseline_csv)
+
+
+PREBUILT_ENV = "MLOPS_DEMO_MODELS"
+
+
+def prebuilt_or_build(folder: str | Path) -> DemoArtifacts:
+    """The demo artifacts from ``$MLOPS_DEMO_MODELS`` when it holds a complete set (the container
+    image trains them at build time, so ``serve --demo`` starts on a read-only root filesystem without
+    training), else ``build_demo(folder)``."""
+    import os
+
+    prebuilt = os.environ.get(PREBUILT_ENV)
+    if prebuilt:
+        root = Path(prebuilt)
+        files = [root / v / "model.skops" for v in VERSIONS] + [root / "baseline_features.csv"]
+        if all(f.is_file() for f in files):
+            return DemoArtifacts(folder=root, model_uris={v: (root / v / "model.skops").resolve().as_uri()
+                                                          for v in VERSIONS},
+                                 baseline_csv=root / "baseline_features.csv")
+        raise FileNotFoundError(f"${PREBUILT_ENV}={prebuilt} lacks the demo artifacts "
+                                f"({', '.join(str(f) for f in files if not f.is_file())})")
+    return build_demo(folder)
+
+
+def quickstart_manifest(artifacts: DemoArtifacts, name: str = "quickstart") -> dict:
+    """``examples/00-quickstart``'s ModelDeployment for these artifacts: both versions by ``file://`` URI
+    with their real sha256. The image writes it next to its prebuilt models
+    (``/opt/mlops/demo-models/quickstart.yaml``), because the digests are only known once built."""
+    import hashlib
+
+    versions = []
+    for version in VERSIONS:
+        path = Path(artifacts.model_uris[version].removeprefix("file://"))
+        versions.append({"name": version.split(".")[0], "replicas": 1,
+                         "artifact": {"uri": artifacts.model_uris[version],
+                                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "format": "skops"}})
+    return {
+        "apiVersion": "mlops.duetmind.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"modelName": "alzheimer", "stableVersion": versions[0]["name"], "versions": versions,
+                 "monitoring": {"collectIntervalSeconds": 10}},
+    }

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import kubernetes
 
+    from mlops.testing.node import RealNode
+
 K8S_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
@@ -89,30 +91,33 @@ def kwok_stages_file() -> Path:
     return Path(__file__).resolve().parents[2] / "hack" / "kwok" / "stages.yaml"
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------ certs
 
 
-def _write_pki(pki: Path) -> None:
+def _key_pem(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _write_pki(pki: Path, extra_ips: list[str] | None = None) -> None:
     """CA, apiserver serving cert, client certs per component, ServiceAccount signing key."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
 
     pki.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.UTC) - _dt.timedelta(minutes=5)
     later = now + _dt.timedelta(days=365)
-
-    def key_pem(key) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mlops-local-ca")])
@@ -131,57 +136,76 @@ def _write_pki(pki: Path) -> None:
         .sign(ca_key, hashes.SHA256())
     )
     (pki / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (pki / "ca.key").write_bytes(key_pem(ca_key))
+    (pki / "ca.key").write_bytes(_key_pem(ca_key))
 
-    def issue(name: str, cn: str, orgs: list[str], server: bool) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-        attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(later)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-        )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.DNSName("kubernetes.default.svc"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
-        cert = builder.sign(ca_key, hashes.SHA256())
-        (pki / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (pki / f"{name}.key").write_bytes(key_pem(key))
-
-    issue("apiserver", "kube-apiserver", [], server=True)
-    issue("admin", "mlops-admin", ["system:masters"], server=False)
-    issue("controller-manager", "system:kube-controller-manager", [], server=False)
-    issue("scheduler", "system:kube-scheduler", [], server=False)
-    issue("kwok", "kwok-controller", ["system:masters"], server=False)
+    issue_cert(pki, "apiserver", "kube-apiserver", [], server=True,
+               ips=["127.0.0.1", "10.0.0.1", *(extra_ips or [])],
+               dns=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local"])
+    issue_cert(pki, "admin", "mlops-admin", ["system:masters"], server=False)
+    issue_cert(pki, "controller-manager", "system:kube-controller-manager", [], server=False)
+    issue_cert(pki, "scheduler", "system:kube-scheduler", [], server=False)
+    issue_cert(pki, "kwok", "kwok-controller", ["system:masters"], server=False)
+    # The API server's client certificate towards kubelets (logs, exec, port-forward on a real node).
+    issue_cert(pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"], server=False)
 
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (pki / "sa.key").write_bytes(key_pem(sa_key))
+    (pki / "sa.key").write_bytes(_key_pem(sa_key))
     (pki / "sa.pub").write_bytes(
         sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+
+
+def issue_cert(
+    pki: Path,
+    name: str,
+    cn: str,
+    orgs: list[str],
+    *,
+    server: bool,
+    ips: list[str] | None = None,
+    dns: list[str] | None = None,
+    out: Path | None = None,
+) -> None:
+    """Sign a certificate with the cluster CA in ``pki``; writes ``<out or pki/name>.crt`` and ``.key``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    now = _dt.datetime.now(_dt.UTC) - _dt.timedelta(minutes=5)
+    key = ec.generate_private_key(ec.SECP256R1())
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attrs))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + _dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+    )
+    if server:
+        names: list[x509.GeneralName] = [x509.DNSName(d) for d in (dns or [])]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (ips or [])]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    base = out or pki / name
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_name(base.name + ".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    base.with_name(base.name + ".key").write_bytes(_key_pem(key))
 
 
 def _b64(path: Path) -> str:
@@ -254,6 +278,8 @@ class LocalCluster:
     pids: dict[str, int] = field(default_factory=dict)
     node_names: list[str] = field(default_factory=list)
     remove_workdir: bool = True
+    real_node: RealNode | None = None
+    service_cidr: str = SERVICE_CIDR
 
     # ------------------------------------------------------------------ client helpers
 
@@ -331,25 +357,56 @@ class LocalCluster:
             "kubeconfig": str(self.kubeconfig),
             "pids": self.pids,
             "nodes": self.node_names,
+            "real_node": self.real_node.state() if self.real_node else None,
         }
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     @classmethod
     def load(cls, workdir: Path) -> LocalCluster:
         state = json.loads((workdir / STATE_FILE).read_text())
+        real_node = None
+        if state.get("real_node"):
+            from mlops.testing.node import RealNode
+
+            real_node = RealNode.from_state(state["real_node"])
         return cls(
             workdir=workdir,
             kubeconfig=Path(state["kubeconfig"]),
             server=state["server"],
             pids={k: int(v) for k, v in state["pids"].items()},
             node_names=state.get("nodes", []),
+            real_node=real_node,
         )
 
     def running(self) -> dict[str, bool]:
-        return {name: _pid_runs(pid, name) for name, pid in self.pids.items()}
+        running = {name: _pid_runs(pid, name) for name, pid in self.pids.items()}
+        if self.real_node:
+            from mlops.testing.node import _exe, _pid_alive, node_bin_dir
+
+            running.update({f"node/{name}": _pid_alive(pid) and _exe(pid) == str(node_bin_dir() / name)
+                            for name, pid in self.real_node.pids.items()})
+        return running
+
+    def load_image(self, image: str) -> None:
+        """Make a podman image available to the real node's pods (``imagePullPolicy: Never``)."""
+        if not self.real_node:
+            raise ClusterError("this cluster has no real node (start it with real_node=True)")
+        self.real_node.load_image(image)
 
     def stop(self, timeout: float = 20) -> None:
-        """Stop every process we started (newest first, by PID) and remove the working files."""
+        """Stop every process we started (newest first, by PID) and remove the working files. A real
+        node goes first (its pods are deleted through the API) and gives back every host change."""
+        if self.real_node:
+            node, self.real_node = self.real_node, None
+            try:
+                node.stop(self)
+            finally:  # the control plane stops even when the node's clean-up reports a problem
+                self.save_state()
+                self._stop_control_plane(timeout)
+            return
+        self._stop_control_plane(timeout)
+
+    def _stop_control_plane(self, timeout: float) -> None:
         for name in reversed(list(self.pids)):
             pid = self.pids[name]
             if not _pid_runs(pid, name):
@@ -407,11 +464,20 @@ def _spawn(cluster: LocalCluster, name: str, args: list[str]) -> None:
 
 
 def start_cluster(
-    workdir: Path, *, node_count: int = 1, remove_workdir: bool = True, timeout: float = 180
+    workdir: Path,
+    *,
+    node_count: int = 1,
+    remove_workdir: bool = True,
+    timeout: float = 180,
+    real_node: bool = False,
 ) -> LocalCluster:
     """Start the control plane in ``workdir`` on free ports and wait until it is usable: /readyz ok,
     the default ServiceAccount exists (controller-manager works) and the fake Nodes are Ready (KWOK
-    works). On failure every started process is stopped and the error carries the log tails."""
+    works). On failure every started process is stopped and the error carries the log tails.
+
+    ``real_node=True`` adds a real kubelet node (``mlops.testing.node``): the API server then listens
+    on the node's bridge address (so pods reach it through the ``kubernetes`` Service), and the KWOK
+    nodes get a ``kwok.x-k8s.io/node=fake:NoSchedule`` taint so that ordinary pods run for real."""
     missing = missing_binaries()
     if missing:
         raise ClusterError(
@@ -423,12 +489,23 @@ def start_cluster(
     pki = workdir / "pki"
     config = workdir / "config"
     config.mkdir(exist_ok=True)
-    _write_pki(pki)
+    node = None
+    address = "127.0.0.1"
+    if real_node:
+        from mlops.testing.node import NodeError, RealNode
 
-    port = free_port()
-    server = f"https://127.0.0.1:{port}"
+        try:
+            node = RealNode.prepare(workdir)  # the bridge first: the API server listens on it
+        except NodeError as exc:
+            raise ClusterError(str(exc)) from exc
+        address = node.network.gateway
+    _write_pki(pki, extra_ips=[address] if address != "127.0.0.1" else None)
+
+    port = free_port(address)
+    server = f"https://{address}:{port}"
     cluster = LocalCluster(
-        workdir=workdir, kubeconfig=workdir / "kubeconfig", server=server, remove_workdir=remove_workdir
+        workdir=workdir, kubeconfig=workdir / "kubeconfig", server=server, remove_workdir=remove_workdir,
+        real_node=node,
     )
     cluster.kubeconfig.write_text(_kubeconfig(server, pki / "ca.crt", _cert_user(pki, "admin")))
     cluster.kubeconfig.chmod(0o600)
@@ -459,8 +536,8 @@ def start_cluster(
             [
                 f"--etcd-servers=http://127.0.0.1:{etcd_client}",
                 f"--secure-port={port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
@@ -472,6 +549,16 @@ def start_cluster(
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",
+                *(
+                    [
+                        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                        "--kubelet-preferred-address-types=InternalIP",
+                    ]
+                    if node
+                    else []
+                ),
             ],
         )
         _wait(
@@ -529,8 +616,8 @@ def start_cluster(
             ],
         )
         cluster.node_names = [f"kwok-node-{i}" for i in range(node_count)]
-        for node in cluster.node_names:
-            cluster.kubectl("apply", "-f", "-", input=json.dumps(_fake_node(node)))
+        for name in cluster.node_names:
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(_fake_node(name, tainted=node is not None)))
         cluster.save_state()
         _wait(
             lambda: not _proc_died(cluster, *cluster.pids) and _nodes_ready(cluster),
@@ -545,6 +632,15 @@ def start_cluster(
             "ServiceAccount default/default (kube-controller-manager)",
             lambda: cluster.logs_tail("kube-controller-manager"),
         )
+        if node:
+            from mlops.testing.node import NodeError
+
+            try:
+                node.start(cluster)
+            except NodeError as exc:
+                raise ClusterError(f"real node did not start: {exc}") from exc
+            finally:
+                cluster.save_state()
     except BaseException:
         cluster.remove_workdir = False  # keep logs for the error message's reader
         with contextlib.suppress(Exception):
@@ -562,8 +658,8 @@ def _proc_died(cluster: LocalCluster, *names: str) -> bool:
     return False
 
 
-def _fake_node(name: str) -> dict[str, Any]:
-    return {
+def _fake_node(name: str, tainted: bool = False) -> dict[str, Any]:
+    node: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
@@ -582,6 +678,9 @@ def _fake_node(name: str) -> dict[str, Any]:
             "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
         },
     }
+    if tainted:
+        node["spec"] = {"taints": [{"key": FAKE_NODE_ANNOTATION, "value": "fake", "effect": "NoSchedule"}]}
+    return node
 
 
 def _nodes_ready(cluster: LocalCluster) -> bool:
@@ -602,9 +701,14 @@ def _nodes_ready(cluster: LocalCluster) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlops.testing.cluster", description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "load-image"])
+    parser.add_argument("image", nargs="?", help="load-image: the podman image to copy into the real node")
+    parser.add_argument("--as", dest="tags", action="append", default=[], metavar="NAME",
+                        help="load-image: also name it NAME on the node (e.g. the image manifests/ reference)")
     parser.add_argument("--dir", default=".cluster", help="working folder (kubeconfig, logs, state)")
     parser.add_argument("--nodes", type=int, default=1, help="number of fake KWOK nodes")
+    parser.add_argument("--real-node", action="store_true",
+                        help="add a real kubelet node (containerd, kube-proxy, CoreDNS; root; make tools builds it)")
     args = parser.parse_args(argv)
     workdir = Path(args.dir).resolve()
     state = workdir / STATE_FILE
@@ -620,11 +724,14 @@ def main(argv: list[str] | None = None) -> int:
             existing.stop()
         started = time.monotonic()
         try:
-            cluster = start_cluster(workdir, node_count=args.nodes, remove_workdir=False)
+            cluster = start_cluster(workdir, node_count=args.nodes, remove_workdir=False, real_node=args.real_node)
         except ClusterError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"control plane ready at {cluster.server} in {time.monotonic() - started:.1f}s")
+        if cluster.real_node:
+            print(f"real node {cluster.real_node.name} Ready (pods on {cluster.real_node.network.subnet}, "
+                  f"DNS at {cluster.real_node.network.gateway})")
         print(f"PIDs: {json.dumps(cluster.pids)}; logs in {workdir / 'logs'}")
         print(f"export KUBECONFIG={cluster.kubeconfig}")
         return 0
@@ -633,6 +740,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no cluster state in {workdir}", file=sys.stderr)
         return 0 if args.action == "down" else 1
     cluster = LocalCluster.load(workdir)
+    if args.action == "load-image":
+        if not args.image:
+            parser.error("load-image needs an IMAGE")
+        if not cluster.real_node:
+            print("error: this cluster has no real node (make cluster REAL_NODE=1)", file=sys.stderr)
+            return 1
+        cluster.load_image(args.image)
+        if args.tags:
+            cluster.real_node.tag_image(args.image, *args.tags)
+        print(f"loaded {args.image} into {cluster.real_node.name}" + (f" as {', '.join(args.tags)}" if args.tags else ""))
+        return 0
     if args.action == "status":
         running = cluster.running()
         print(json.dumps({"server": cluster.server, "running": running, "readyz": cluster.readyz()}, indent=2))

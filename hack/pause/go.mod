@@ -1,0 +1,3 @@
+module mlops.local/pause
+
+go 1.22
