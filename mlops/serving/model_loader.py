@@ -12,11 +12,12 @@ without any check. Here:
 * the local folder (``models_dir``, default ``models``) holds artifact folders written by
   ``mlops train``: ``<models_dir>/<name>/<version>/model.skops`` or ``<models_dir>/<version>/model.skops``
   (with ``metadata.json``), or single files ``<models_dir>/<name>_<version>.skops``;
-* pickle/joblib files (``.pkl``, ``.joblib``, and MLflow models logged with a pickle format) are
-  loaded only with an explicit sha256 pin (``load_model_version(..., sha256=...)``), the
-  project-wide opt-in; without it a ModelLoadError says so;
+* pickle/joblib files (``.pkl``, ``.joblib``, and MLflow models logged with a pickle format) run
+  arbitrary code when loaded: they are loaded only with the explicit opt-in
+  (``ModelLoader(allow_unsafe_formats=True)``, the server's ``--allow-unsafe-formats``) *and* a
+  sha256 pin (``load_model_version(..., sha256=...)``); otherwise a ModelLoadError says so;
 * "not found anywhere" returns None (as the original did); a refused artifact (wrong digest,
-  untrusted types, pickle without a pin) raises ModelLoadError instead of being hidden.
+  untrusted types, pickle without the opt-in and a pin) raises ModelLoadError instead of being hidden.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ class ModelLoader:
     """Loads and caches model versions (see the module docstring)."""
 
     def __init__(self, mlflow_tracking_uri: str | None = None, models_dir: str | Path = "models", *,
-                 cache_size: int = 8) -> None:
+                 cache_size: int = 8, allow_unsafe_formats: bool = False) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
         self.mlflow_tracking_uri = mlflow_tracking_uri or None
+        self.allow_unsafe_formats = allow_unsafe_formats
         self.models_dir = Path(models_dir)
         self.cache_size = cache_size
         self.model_cache: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -147,12 +149,14 @@ class ModelLoader:
         loaded: LoadedModel | None = None
         uri = self._registry_uri(model_name, version) if self.use_registry else None
         if uri is not None and self._registered(model_name, version):
-            loaded = load_model(uri, sha256=sha256, version=version, tracking_uri=self.mlflow_tracking_uri)
+            loaded = load_model(uri, sha256=sha256, version=version, tracking_uri=self.mlflow_tracking_uri,
+                                allow_unsafe=self.allow_unsafe_formats)
         if loaded is None:
             for candidate in self._local_candidates(model_name, version):
                 model_file = self._model_file(candidate)
                 if model_file is not None:
-                    loaded = load_model(str(model_file), sha256=sha256, version=version)
+                    loaded = load_model(str(model_file), sha256=sha256, version=version,
+                                        allow_unsafe=self.allow_unsafe_formats)
                     break
         if loaded is None:
             where = f"the registry at {self.mlflow_tracking_uri} or " if self.use_registry else ""

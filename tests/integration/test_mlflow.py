@@ -216,7 +216,7 @@ def test_moved_alias_is_refused_until_repinned(registered, tmp_path):
     assert load_model(str(dest), sha256=repinned).metadata.sha256 == repinned
 
 
-def test_runs_uri_and_pickle_flavour_needs_an_explicit_pin(registered):
+def test_runs_uri_and_pickle_flavour_needs_the_opt_in_and_a_pin(registered):
     url, v1 = registered["url"], registered["v1"]
     by_run = load_model(f"runs:/{v1['run_id']}/model", tracking_uri=url)  # our skops folder as run artifacts
     assert by_run.metadata.sha256 == v1["sha256"] and by_run.metadata.model_name == "alzheimer"
@@ -228,11 +228,13 @@ def test_runs_uri_and_pickle_flavour_needs_an_explicit_pin(registered):
     with _fluent(url), mlflow.start_run() as run:
         info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle")
     uri = f"runs:/{run.info.run_id}/model"  # MLflow 3 keeps it as a logged model, outside the run's artifacts
-    with pytest.raises(ModelLoadError, match="only with a pinned sha256"):
-        load_model(uri, tracking_uri=url)
+    with pytest.raises(ModelLoadError, match="sha256"):
+        load_model(uri, tracking_uri=url, allow_unsafe=True)
     pin = describe(uri, url)["sha256"]
     assert describe(info.model_uri, url)["sha256"] == pin  # models:/<logged model id>
-    assert load_model(uri, sha256=pin, tracking_uri=url).predict([[80.0, 18.0]])[0] == [1]
+    with pytest.raises(ModelLoadError, match="allow-unsafe-formats"):  # pickle needs the explicit opt-in too
+        load_model(uri, sha256=pin, tracking_uri=url)
+    assert load_model(uri, sha256=pin, tracking_uri=url, allow_unsafe=True).predict([[80.0, 18.0]])[0] == [1]
 
 
 def test_original_model_loader_and_production_server_names_over_the_registry(registered, tmp_path):

@@ -197,14 +197,20 @@ def test_model_loader_local_folder_versions_metadata_cache_and_pickle_opt_in(tmp
     loader.clear_cache()
     assert loader.get_cache_info()["cache_size"] == 0
 
-    # A pickle file in the folder: refused without a pin, loaded with one (the explicit opt-in).
+    # A pickle file in the folder: refused without the opt-in (pinned or not), and without a pin;
+    # loaded with both.
     joblib.dump(model, models / "alzheimer_v3.pkl")
-    with pytest.raises(ModelLoadError, match="only with a pinned sha256"):
+    with pytest.raises(ModelLoadError, match="pin the artifact's sha256"):
         loader.load_model_version("alzheimer", "v3")
     import hashlib
 
     pin = hashlib.sha256((models / "alzheimer_v3.pkl").read_bytes()).hexdigest()
-    assert hasattr(loader.load_model_version("alzheimer", "v3", sha256=pin), "predict")
+    with pytest.raises(ModelLoadError, match="allow-unsafe-formats"):
+        loader.load_model_version("alzheimer", "v3", sha256=pin)
+    unsafe = ModelLoader(models_dir=models, cache_size=2, allow_unsafe_formats=True)
+    with pytest.raises(ModelLoadError, match="pin the artifact's sha256"):
+        unsafe.load_model_version("alzheimer", "v3")
+    assert hasattr(unsafe.load_model_version("alzheimer", "v3", sha256=pin), "predict")
 
     broken = loader.validate_model(object())
     assert broken["is_valid"] is False and broken["errors"] == ["model has no predict method"]
