@@ -98,7 +98,7 @@ def verify_artifact(uri: str, sha256: str, *, max_bytes: int, timeout: float = 1
                     policy: ArtifactPolicy | None = None) -> ArtifactCheck:
     """Stream the artifact and compare its sha256; never raises. Nothing outside ``policy`` is fetched."""
     policy = policy or ArtifactPolicy()
-    if urllib.parse.urlparse(uri).scheme.lower() in ("s3", "gs"):
+    if urllib.parse.urlparse(uri).scheme.lower() in ("s3", "gs", "models", "runs"):
         return ArtifactCheck(None, f"{urllib.parse.urlparse(uri).scheme}:// artifacts are verified by the pod's "
                              "init container")
     refused = policy.refusal(uri)

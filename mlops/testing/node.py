@@ -258,7 +258,11 @@ def snapshot_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
         if a == b:
             continue
         if isinstance(a, list) and isinstance(b, list):
-            diff[key] = {"added": sorted(set(b) - set(a)), "removed": sorted(set(a) - set(b))}
+            removed = set(a) - set(b)
+            if key == "links":  # a pod veth of an earlier cluster, gone meanwhile, is not a leftover of this one
+                removed = {name for name in removed if not name.startswith("veth")}
+            if set(b) - set(a) or removed:
+                diff[key] = {"added": sorted(set(b) - set(a)), "removed": sorted(removed)}
         elif isinstance(a, dict) and isinstance(b, dict):
             diff[key] = {k: {"before": a.get(k), "after": b.get(k)} for k in a.keys() | b.keys()
                          if a.get(k) != b.get(k)}

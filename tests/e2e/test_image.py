@@ -94,7 +94,7 @@ def test_serve_demo_sidecar_and_route_run_read_only_as_65532(image, containers, 
     route = Container(image, ["route", "--table", "/etc/mlops/routing/routing.json", "--host", "127.0.0.1",
                               "--port", str(route_port)],
                       volumes=[f"{tmp_path}:/etc/mlops/routing:ro"],
-                      env={"MLOPS_PREDICTION_ID_KEY": "image-test-key-0123456789abcdef"})
+                      env={"MLOPS_PREDICTION_ID_KEY": "image-test-key-0123456789abcdef-0123456789"})
     containers.append(route)
 
     health = serve.wait_http(f"http://127.0.0.1:{serve_port}/health").json()
