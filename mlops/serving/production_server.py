@@ -434,7 +434,7 @@ class ProductionModelServer:
 
     def _predict_rows(
         self, feature_rows: list[dict], user_ids: list[str | None], experiment: str | None,
-        arm_tag: str | None = None, batch: bool = False,
+        arm_tag: str | None = None, *, batch: bool = False,
     ) -> list[dict[str, Any]]:
         """Predict, sign ids, queue monitoring records; raises ApiError for bad rows (the field is
         ``features.<name>``, or ``batch_features.<row>.<name>`` when ``batch``)."""
@@ -905,7 +905,7 @@ class ProductionModelServer:
             ids = list(req.user_ids) if req.user_ids is not None else [None] * n
             server.batch_rows.observe(n)
             results = await run_in_threadpool(server._predict_rows, req.batch_features, ids, req.experiment_name,
-                                              True)
+                                              batch=True)
             return _json({
                 "predictions": results,
                 "count": len(results),
