@@ -310,6 +310,11 @@ def test_upstream_down_is_502_and_hanging_is_504(stack):
     finally:
         hanging.close()
         config.write(_table(stack["urls"], 0.3))
+        # The next test must not race the router's reload of the good table.
+        deadline = time.monotonic() + 15
+        while httpx.get(router + "/healthz").json()["experiment"]["treatment_share"] != 0.3:
+            assert time.monotonic() < deadline, "router did not reload the restored table"
+            time.sleep(0.1)
 
 
 def test_an_id_signed_by_one_server_verifies_in_another(stack):
