@@ -442,6 +442,27 @@ def load_model(
     return LoadedModel(estimator, metadata)
 
 
+def _registry_record_digest(uri: str, art: Any, fmt: ModelFormat | None) -> str | None:
+    """The digest an unpinned load of a *fixed* registry version is held to.
+
+    A fixed version (``models:/name/3``, ``runs:/...``) does not move, and whoever could replace a
+    ``model.sha256`` beside it can as well rewrite its registry tag: the trainer record and the
+    registry record are the same trust root. So: the trainer record when the version carries one
+    (``mlops train --register``); otherwise the ``mlops.sha256`` tag, checked against the download;
+    otherwise the digest of what was downloaded, reported in the model's metadata. Only for skops
+    (loading it runs no code): pickle formats need an explicit pin."""
+    if art.metadata_path is not None and (art.model_path.parent / "model.sha256").exists():
+        return None  # the trainer record beside the model is checked by load_model
+    actual = art.sha256()
+    if art.registry_sha256 and art.registry_sha256.lower() != actual:
+        raise IntegrityError(f"{uri} (resolved to {art.fixed_uri}): the registry records sha256 "
+                             f"{art.registry_sha256} but the artifact has {actual}; refusing to load")
+    if (fmt or art.format) != "skops":
+        raise ModelLoadError(f"{uri}: a {fmt or art.format} (pickle) model needs an explicit sha256 pin "
+                             f"(it resolves to {art.fixed_uri} now, sha256 {actual})")
+    return actual
+
+
 def _load_registry_model(uri: str, sha256: str | None, fmt: ModelFormat | None, version: str | None,
                          extra_trusted: list[str] | None, tracking_uri: str | None,
                          allow_unsafe: bool = False) -> LoadedModel:
@@ -452,7 +473,8 @@ def _load_registry_model(uri: str, sha256: str | None, fmt: ModelFormat | None, 
             if art.moving and sha256 is None:
                 raise ModelLoadError(f"{uri} can move to another model version: pin it with its sha256 "
                                      f"(it resolves to {art.fixed_uri} now, sha256 {art.sha256()})")
-            loaded = load_model(str(art.model_path), sha256=sha256, fmt=fmt or art.format,
+            expected = sha256 or _registry_record_digest(uri, art, fmt)
+            loaded = load_model(str(art.model_path), sha256=expected, fmt=fmt or art.format,
                                 version=version or (None if art.metadata_path else art.version),
                                 extra_trusted=extra_trusted, allow_unsafe=allow_unsafe)
     except RegistryError as exc:

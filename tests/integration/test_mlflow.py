@@ -237,9 +237,20 @@ def test_runs_uri_and_pickle_flavour_needs_the_opt_in_and_a_pin(registered):
     assert load_model(uri, sha256=pin, tracking_uri=url, allow_unsafe=True).predict([[80.0, 18.0]])[0] == [1]
 
 
-@pytest.mark.xfail(strict=False, reason="unpinned registry loads need a trainer record (model.sha256 beside the "
-                   "model), which `mlops train --register` does not log yet since the pin started to cover the "
-                   "schema; known gap, see the closing note of issues 11 and 17")
+def test_unpinned_fixed_version_is_held_to_its_registry_record(registered):
+    """``models:/alzheimer/2`` (plain MLflow, skops, no trainer record) loads unpinned at the digest it
+    was downloaded with; a ``mlops.sha256`` tag that disagrees with the artifact refuses the load."""
+    url, v2 = registered["url"], registered["v2"]
+    loaded = load_model("models:/alzheimer/2", tracking_uri=url)
+    assert loaded.metadata.sha256 == v2["sha256"]
+    registered["client"].set_model_version_tag("alzheimer", "2", "mlops.sha256", "0" * 64)
+    try:
+        with pytest.raises(IntegrityError, match="registry records sha256"):
+            load_model("models:/alzheimer/2", tracking_uri=url)
+    finally:
+        registered["client"].delete_model_version_tag("alzheimer", "2", "mlops.sha256")
+
+
 def test_original_model_loader_and_production_server_names_over_the_registry(registered, tmp_path):
     from fastapi.testclient import TestClient
 
