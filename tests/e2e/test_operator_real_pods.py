@@ -23,13 +23,6 @@ import yaml
 
 pytestmark = [
     pytest.mark.slow,
-    # Seen on a 2-core machine at load average ~30: the operator reconciled in-cluster, init containers
-    # downloaded and verified the artifacts, the resource went Ready and the router answered through
-    # its Service, but the model container needs more than the liveness probe's ~40 s (initialDelay 10 s,
-    # 3 x 10 s) to start there, so kubelet kills it in a loop and requests get 502. The pod templates
-    # (mlops/operator/resources, issues 11/12) need a startupProbe; not strict, so a pass shows as XPASS.
-    pytest.mark.xfail(reason="model container killed by its liveness probe before start-up on a loaded "
-                             "node: pod templates need a startupProbe", strict=False),
 ]
 
 REPO = Path(__file__).resolve().parents[2]

@@ -146,6 +146,12 @@ def test_version_pod_runs_model_and_monitor_with_a_verifying_init_container():
     assert init["command"][-3:] == ["file:///mnt/models/v2.joblib", SHA_B, "/models/model.joblib"]
     assert model["readinessProbe"]["httpGet"]["path"] == "/health"
     assert monitor["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # A slow start on a busy node is not a liveness failure: liveness waits for the startup probe.
+    for container in (model, monitor):
+        startup = container["startupProbe"]
+        assert startup["httpGet"] == container["livenessProbe"]["httpGet"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+        assert "initialDelaySeconds" not in container["livenessProbe"]
     v1 = objs[("Deployment", "alz-v1")]
     assert v1["spec"]["replicas"] == 2
     assert v1["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"memory": "512Mi"}

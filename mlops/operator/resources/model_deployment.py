@@ -28,6 +28,7 @@ SIDECAR_PORT = 9090
 ROUTER_PORT = 8080
 SERVICE_PORT = 80
 RUN_AS_USER = 10001
+STARTUP_GRACE_SECONDS = 300
 MODEL_DIR = "/models"
 PROFILE_DIR = "/etc/mlops/profile"
 ROUTING_DIR = "/etc/mlops/routing"
@@ -102,6 +103,13 @@ def _container_security() -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def _startup_probe(path: str, port: str) -> dict[str, Any]:
+    """Liveness starts only once this succeeded: a model loading slowly on a busy node is given
+    STARTUP_GRACE_SECONDS instead of being killed by its liveness probe and restarted in a loop."""
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": 2, "timeoutSeconds": 2,
+            "failureThreshold": STARTUP_GRACE_SECONDS // 2}
 
 
 def _pod_security() -> dict[str, Any]:
@@ -192,12 +200,9 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
             "args": serve_args,
             "env": env,
             "ports": [{"name": "http", "containerPort": MODEL_PORT, "protocol": "TCP"}],
+            "startupProbe": _startup_probe("/health", "http"),
             "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, **probe_common},
-            "livenessProbe": {
-                "httpGet": {"path": "/health", "port": "http"},
-                "initialDelaySeconds": 10,
-                **probe_common,
-            },
+            "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, **probe_common},
             "resources": version.get("resources") or MODEL_RESOURCES,
             "securityContext": _container_security(),
             "volumeMounts": [
@@ -214,12 +219,9 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
             "args": sidecar_args,
             "env": [{"name": "MLOPS_HOME", "value": "/var/lib/mlops"}],
             "ports": [{"name": "metrics", "containerPort": SIDECAR_PORT, "protocol": "TCP"}],
+            "startupProbe": _startup_probe("/healthz", "metrics"),
             "readinessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, **probe_common},
-            "livenessProbe": {
-                "httpGet": {"path": "/healthz", "port": "metrics"},
-                "initialDelaySeconds": 10,
-                **probe_common,
-            },
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, **probe_common},
             "resources": SIDECAR_RESOURCES,
             "securityContext": _container_security(),
             "volumeMounts": monitor_mounts,
@@ -401,9 +403,9 @@ def _router_objects(cr, spec, table: RoutingTable) -> list[dict[str, Any]]:
                                 "periodSeconds": 10,
                                 "timeoutSeconds": 2,
                             },
+                            "startupProbe": _startup_probe("/healthz", "http"),
                             "livenessProbe": {
                                 "httpGet": {"path": "/healthz", "port": "http"},
-                                "initialDelaySeconds": 10,
                                 "periodSeconds": 10,
                                 "timeoutSeconds": 2,
                             },
