@@ -314,9 +314,98 @@ class ABStore:
                 [(r.id, r.experiment, r.user_id, r.variant, int(r.counted), r.model_version,
                   json.dumps(to_jsonable(r.prediction)), r.latency_ms, r.created_at, int(r.phase)) for r in fresh],
             )
-            for rec in fresh:
-                self._count(conn, rec)
+            self._count_many(conn, fresh)
         return len(fresh)
+
+    def _count_many(self, conn: sqlite3.Connection, records: list[PredictionRecord]) -> None:
+        """``_count`` for a whole batch with a handful of statements instead of ~7 per record (the A/B
+        recorder thread shares the GIL with the server's event loop). Exactly the same sums: per-user
+        increments of one batch telescope (``n^2`` after minus before), and a user is new when the
+        batch's first record of it is. A user whose variant changes inside one batch (not sticky) is
+        counted one record at a time."""
+        counted = [r for r in records if r.counted]
+        if not counted:
+            return
+        variants: dict[tuple[str, int, str], str] = {}
+        for rec in counted:
+            if variants.setdefault((rec.experiment, rec.phase, rec.user_id), rec.variant) != rec.variant:
+                for one in counted:
+                    self._count(conn, one)
+                return
+        first: dict[tuple[str, str], PredictionRecord] = {}
+        for rec in counted:
+            first.setdefault((rec.experiment, rec.user_id), rec)
+        known: set[tuple[str, str]] = set()
+        by_experiment: dict[str, list[str]] = {}
+        for experiment, user in first:
+            by_experiment.setdefault(experiment, []).append(user)
+        for experiment, users in by_experiment.items():
+            for chunk in _chunks(users, 500):
+                known.update((experiment, row[0]) for row in conn.execute(
+                    f"SELECT user_id FROM ab_exposures WHERE experiment = ? AND user_id IN ({','.join('?' * len(chunk))})",
+                    [experiment, *chunk]))
+        new_users = [rec for key, rec in first.items() if key not in known]
+        conn.executemany(
+            "INSERT INTO ab_exposures(experiment, user_id, variant, share, first_seen) VALUES (?, ?, ?, ?, ?)",
+            [(r.experiment, r.user_id, r.variant, r.share, r.created_at) for r in new_users])
+        counters: dict[tuple[str, str], list[float]] = {}
+        for rec in counted:
+            c = counters.setdefault((rec.experiment, rec.variant), [0, 0, 0.0, 0.0])
+            c[1] += 1
+            c[2] += rec.latency_ms
+            c[3] += rec.latency_ms * rec.latency_ms
+        shares: dict[str, float] = {}
+        for rec in new_users:
+            counters[(rec.experiment, rec.variant)][0] += 1
+            shares[rec.experiment] = shares.get(rec.experiment, 0.0) + rec.share
+        conn.executemany(
+            "UPDATE ab_counters SET users = users + ?, predictions = predictions + ?,"
+            " latency_sum = latency_sum + ?, latency_sumsq = latency_sumsq + ? WHERE experiment = ? AND variant = ?",
+            [(int(c[0]), int(c[1]), c[2], c[3], e, v) for (e, v), c in counters.items()])
+        conn.executemany("UPDATE ab_experiments SET share_sum = share_sum + ? WHERE name = ?",
+                         [(share, e) for e, share in shares.items()])
+        self._add_units(conn, [(r.experiment, int(r.phase), r.user_id, r.variant, "latency", 1.0, float(r.latency_ms))
+                               for r in counted])
+
+    @staticmethod
+    def _add_units(conn: sqlite3.Connection, items: list[tuple[str, int, str, str, str, float, float]]) -> None:
+        """``_add_unit`` for many increments of one batch (each key's variant fixed within the batch)."""
+        sums: dict[tuple[str, int, str, str], list[Any]] = {}
+        for experiment, phase, user, variant, metric, dn, ds in items:
+            entry = sums.setdefault((experiment, phase, metric, user), [variant, 0.0, 0.0])
+            entry[1] += dn
+            entry[2] += ds
+        old: dict[tuple[str, int, str, str], tuple[float, float]] = {}
+        groups: dict[tuple[str, int, str], list[str]] = {}
+        for experiment, phase, metric, user in sums:
+            groups.setdefault((experiment, phase, metric), []).append(user)
+        for (experiment, phase, metric), users in groups.items():
+            for chunk in _chunks(users, 500):
+                for row in conn.execute(
+                        "SELECT user_id, n, s FROM ab_unit_sums WHERE experiment = ? AND phase = ? AND metric = ?"
+                        f" AND user_id IN ({','.join('?' * len(chunk))})", [experiment, phase, metric, *chunk]):
+                    old[(experiment, phase, metric, row[0])] = (float(row[1]), float(row[2]))
+        rows, arms = [], {}
+        for key, (variant, dn, ds) in sums.items():
+            experiment, phase, metric, user = key
+            old_n, old_s = old.get(key, (0.0, 0.0))
+            new_n, new_s = old_n + dn, old_s + ds
+            rows.append((experiment, phase, user, metric, variant, new_n, new_s))
+            arm = arms.setdefault((experiment, phase, variant, metric), [0, 0.0, 0.0, 0.0, 0.0, 0.0])
+            arm[0] += 1 if old_n <= 0 < new_n else 0
+            arm[1] += dn
+            arm[2] += ds
+            arm[3] += new_n * new_n - old_n * old_n
+            arm[4] += new_s * new_s - old_s * old_s
+            arm[5] += new_n * new_s - old_n * old_s
+        conn.executemany("INSERT OR REPLACE INTO ab_unit_sums(experiment, phase, user_id, metric, variant, n, s)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.executemany("INSERT OR IGNORE INTO ab_arm_sums(experiment, phase, variant, metric) VALUES (?, ?, ?, ?)",
+                         list(arms))
+        conn.executemany(
+            "UPDATE ab_arm_sums SET units = units + ?, n = n + ?, s = s + ?, nn = nn + ?, ss = ss + ?, ns = ns + ?"
+            " WHERE experiment = ? AND phase = ? AND variant = ? AND metric = ?",
+            [(int(a[0]), *a[1:], *key) for key, a in arms.items()])
 
     def _count(self, conn: sqlite3.Connection, rec: PredictionRecord) -> None:
         if not rec.counted:
