@@ -38,7 +38,6 @@ from mlops.core.retrain_policy import (
     AWAIT_APPROVAL,
     BLOCKED,
     MANUAL,
-    NONE,
     RUN,
     Evidence,
     History,
