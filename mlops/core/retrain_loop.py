@@ -348,6 +348,9 @@ def evaluate(state: Mapping[str, Any] | None, cfg: LoopConfig, obs: Observation,
         ctx.start_run(d.trigger_type or "", d.reason, via="trigger")
     elif d.action == BLOCKED:
         ctx.block(d.trigger_type or "", d.block_code or "", d.block_reason or "", d.reason)
+        for other, _ in d.candidates:  # triggers behind the one judged are blocked alike: their episodes go on
+            if f"{other}|{d.block_code}" in (s.get("blocked") or {}):
+                ctx.seen_blocks.add(f"{other}|{d.block_code}")
     elif d.action == AWAIT_APPROVAL:
         if s.get("pending"):
             ctx.block(d.trigger_type or "", "approval_pending",
@@ -505,8 +508,19 @@ def _annotations(ctx: _Ctx, obs: Observation) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------- status
+def _pruned(value: Any) -> Any:
+    """Without None values in nested objects (as the API server stores a merge patch)."""
+    if isinstance(value, dict):
+        return {k: _pruned(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_pruned(v) for v in value]
+    return value
+
+
 def status_of(state: Mapping[str, Any], now: float, *, audit_entries: int) -> dict[str, Any]:
-    """The policy's status (camelCase), recomputed from state at every evaluation."""
+    """The policy's status (camelCase), recomputed from state at every evaluation. Top-level None
+    means "remove the field"; nested objects carry no None values (so an unchanged status compares
+    equal to what the API server stored, and is not written again)."""
     runs = state["runs"]
     active = next((r for r in runs if r.get("result") is None), None)
     last = runs[-1] if runs else None
@@ -526,9 +540,9 @@ def status_of(state: Mapping[str, Any], now: float, *, audit_entries: int) -> di
         "lastRunResult": (last.get("result") or "Running") if last else None,
         "runsToday": runs_in_window(_records(state), now),
         "activeJob": active["job"] if active else None,
-        "pendingApproval": {"id": pending["id"], "triggerType": pending["triggerType"], "reason": pending["reason"],
-                            "requestedAt": rfc3339(pending["requestedAt"])} if pending else None,
-        "history": [{k: v for k, v in e.items() if k in HISTORY_KEYS} for e in state.get("history") or []],
-        "lastCandidate": candidate,
+        "pendingApproval": _pruned({"id": pending["id"], "triggerType": pending["triggerType"], "reason": pending["reason"],
+                            "requestedAt": rfc3339(pending["requestedAt"])}) if pending else None,
+        "history": [_pruned({k: v for k, v in e.items() if k in HISTORY_KEYS}) for e in state.get("history") or []],
+        "lastCandidate": _pruned(candidate),
         "auditEntries": audit_entries,
     }
