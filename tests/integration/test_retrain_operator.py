@@ -296,3 +296,73 @@ def test_sigkill_at_each_step_yields_one_job_per_decision(env):
     assert actions.count("run_decided") == 1 and actions.count("job_started") == 1
     assert actions.count("job_finished") == 1 and actions.count("candidate_recorded") == 1
     assert env.verify("crash").returncode == 0
+
+
+def test_success_proposes_the_candidate_once_and_records_its_outcome(cluster, admin, crds_installed, tmp_path):
+    """The candidate side (``mlops.operator.candidates``, issue 14b) is replaced by a recording stand-in with
+    the interface's signature; the controller runs in-process (no kopf) with an injected clock."""
+    from mlops.operator.handlers import Controller, OperatorConfig
+    from mlops.operator.k8s import KubeError
+    from mlops.operator.retrain import RetrainController
+
+    calls: list[dict] = []
+    failures = [KubeError(500, "InternalError", "apiserver hiccup")]
+
+    def propose(kube, *, namespace, model_deployment, policy, run_id, uri, sha256, format="skops", metrics=None,
+                open_experiment=True, traffic_split=0.1):
+        calls.append({"namespace": namespace, "model_deployment": model_deployment, "policy": policy, "run_id": run_id,
+                      "uri": uri, "sha256": sha256, "format": format, "metrics": metrics,
+                      "open_experiment": open_experiment, "traffic_split": traffic_split})
+        if failures:
+            raise failures.pop()
+        return "r1"
+
+    outcomes = {"value": "candidate"}
+    now = {"t": time.time()}
+    ns = f"rtp-{uuid.uuid4().hex[:8]}"
+    cluster.create_namespace(ns)
+    controller = Controller(admin, OperatorConfig(namespaces=[ns]), clock=lambda: now["t"])
+    rc = RetrainController(controller, propose=propose, outcome=lambda kube, **kw: outcomes["value"])
+    env = Env.__new__(Env)  # reuse the helpers without an operator process
+    env.cluster, env.admin, env.workdir, env.ns = cluster, admin, tmp_path, ns
+    model = tmp_path / "m.skops"
+    model.write_bytes(b"candidate")
+    env.sha, env.model_uri = hashlib.sha256(b"candidate").hexdigest(), model.as_uri()
+    try:
+        env.apply({"apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"},
+                   "spec": {"modelName": "m", "stableVersion": "v1", "monitoring": {"enabled": False},
+                            "versions": [{"name": "v1", "artifact": {"uri": env.model_uri, "sha256": env.sha}}]}})
+        env.policy("p", onSuccess={"openExperiment": True, "trafficSplit": 0.2})
+        env.op = type("NoOp", (), {"tail": staticmethod(lambda: "")})()
+        env.drift()
+        assert rc.evaluate_sync(ns, "p") == "Running"
+        env.finish_training("p-r1")
+        with pytest.raises(KubeError):  # the first proposal fails: the candidate stays to be proposed
+            rc.evaluate_sync(ns, "p")
+        rc.memory.clear()  # as after a restart: state from the ConfigMap
+        rc.evaluate_sync(ns, "p")
+        rc.evaluate_sync(ns, "p")
+        assert len(calls) == 2 and calls[-1] == {
+            "namespace": ns, "model_deployment": "m", "policy": "p", "run_id": "p-r1", "uri": env.model_uri,
+            "sha256": env.sha, "format": "skops", "metrics": {"accuracy": 0.91}, "open_experiment": True,
+            "traffic_split": 0.2}
+        st = env.status("p")
+        assert st["lastCandidate"] == {"runId": "p-r1", "uri": env.model_uri, "sha256": env.sha, "status": "proposed",
+                                       "version": "r1", "outcome": "candidate"}
+        outcomes["value"] = "promoted"
+        now["t"] += 60
+        rc.evaluate_sync(ns, "p")
+        assert env.status("p")["lastCandidate"]["outcome"] == "promoted"
+        actions = env.actions("p")
+        assert actions.count("candidate_proposed") == 1 and actions.count("candidate_outcome") == 1
+        assert env.verify("p").returncode == 0
+        # an artifact record that does not verify is a failed run and proposes nothing
+        env.annotate("p", "retrain-now", "bad record")
+        now["t"] += 7 * 3600
+        rc.evaluate_sync(ns, "p")
+        env.finish_training("p-r2", record={"uri": env.model_uri, "sha256": "not-a-digest"})
+        rc.evaluate_sync(ns, "p")
+        assert env.status("p")["lastRunResult"] == "Failed" and len(calls) == 2
+    finally:
+        controller.shutdown()
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
