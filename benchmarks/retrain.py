@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                   60, "Job Complete")
             t2 = time.monotonic()
             want = "proposed" if args.open_experiment else "recorded"
-            _poll(lambda name=name: (((admin.get("RetrainPolicy", NS, name) or {}).get("status") or {})
+            _poll(lambda name=name, want=want: (((admin.get("RetrainPolicy", NS, name) or {}).get("status") or {})
                                      .get("lastCandidate") or {}).get("status") == want, 60, f"candidate {want}")
             t3 = time.monotonic()
             to_job.append(t1 - t0)
