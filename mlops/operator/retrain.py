@@ -199,7 +199,9 @@ class RetrainController:
         self.propose = propose or (getattr(module, "propose_candidate", None) if module else None)
         self.outcome = outcome or (getattr(module, "candidate_outcome", None) if module else None)
         self.known: dict[Key, dict[str, Any]] = {}
-        self.memory: dict[Key, tuple[str, dict[str, Any] | None, list[dict[str, Any]]]] = {}  # uid, state, audit
+        # (uid, state, audit, ConfigMap resourceVersion): writes are conditional on that version, so an
+        # edit made by anyone else is never overwritten (409: re-read, and the edit stays visible)
+        self.memory: dict[Key, tuple[str, dict[str, Any] | None, list[dict[str, Any]], str | None]] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._next: dict[Key, float] = {}
 
@@ -218,12 +220,16 @@ class RetrainController:
         data = (cm or {}).get("data") or {}
         state = json.loads(data[STATE_KEY]) if data.get(STATE_KEY) else None
         audit = audit_chain.loads(data.get(AUDIT_KEY) or "")
-        self.memory[key] = (meta["uid"], state, audit)
+        self.memory[key] = (meta["uid"], state, audit, (cm or {}).get("metadata", {}).get("resourceVersion"))
         return state, audit, None
 
     def save(self, cr: Mapping[str, Any], state: dict[str, Any], audit: list[dict[str, Any]]) -> None:
+        """Write state + audit, conditional on the version last read or written (409 when someone
+        else changed the ConfigMap: the caller re-reads it and evaluates again)."""
         meta = cr["metadata"]
-        self.kube.apply({
+        key = (meta["namespace"], meta["name"])
+        rv = (self.memory.get(key) or (None, None, None, None))[3]
+        written = self.kube.apply({
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {
@@ -235,8 +241,8 @@ class RetrainController:
             },
             "data": {STATE_KEY: json.dumps(state, sort_keys=True, separators=(",", ":")),
                      AUDIT_KEY: audit_chain.dumps(audit)},
-        })
-        self.memory[(meta["namespace"], meta["name"])] = (meta["uid"], state, audit)
+        }, resource_version=rv)
+        self.memory[key] = (meta["uid"], state, audit, ((written or {}).get("metadata") or {}).get("resourceVersion"))
 
     def commit(self, cr: Mapping[str, Any], before: dict[str, Any] | None, audit: list[dict[str, Any]],
                step: rl.Step, now: float) -> list[dict[str, Any]]:
@@ -248,7 +254,8 @@ class RetrainController:
             self.save(cr, step.state, new_audit)
         else:
             meta = cr["metadata"]
-            self.memory[(meta["namespace"], meta["name"])] = (meta["uid"], step.state, new_audit)
+            key = (meta["namespace"], meta["name"])
+            self.memory[key] = (meta["uid"], step.state, new_audit, (self.memory.get(key) or (0, 0, 0, None))[3])
         for etype, reason, message in step.events:
             self.c._event(cr, etype, reason, message)
         return new_audit

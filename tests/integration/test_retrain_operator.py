@@ -171,11 +171,19 @@ def test_drift_starts_one_job_that_reports_its_candidate(env):
     assert env.events("RetrainStarted") and env.events("RetrainSucceeded")
     ok = env.verify("p")
     assert ok.returncode == 0 and "intact" in ok.stdout, ok.stdout + ok.stderr
-    # tampering with one entry is found and named (the operator is stopped: it would append to its own copy)
-    env.op.stop()
+    # tampering with one entry is found and named; the running operator does not overwrite the edit (its
+    # writes are conditional on the version it read): it re-reads, appends, and reports the broken chain
     cm = env.admin.get("ConfigMap", env.ns, "p-retrain-audit")
     text = cm["data"]["audit.jsonl"].replace('"trigger":"data_drift"', '"trigger":"manual"', 1)
     env.admin.patch("ConfigMap", env.ns, "p-retrain-audit", {"data": {"audit.jsonl": text}})
+    bad = env.verify("p")
+    assert bad.returncode == 1 and "broken at entry 2" in bad.stdout, bad.stdout + bad.stderr
+    env.annotate("p", "retrain-now", "after the edit")
+    wait_until(lambda: any(e["payload"].get("reason") == "manual trigger: after the edit" for e in env.audit("p")), 30,
+               "appended after the edit", env.op.tail)
+    ready = wait_until(lambda: next((c for c in env.status("p").get("conditions") or [] if c["type"] == "Ready"
+                                     and c["reason"] == "AuditChainBroken"), None), 30, "AuditChainBroken", env.op.tail)
+    assert "entry 2" in ready["message"]
     bad = env.verify("p")
     assert bad.returncode == 1 and "broken at entry 2" in bad.stdout, bad.stdout + bad.stderr
 
