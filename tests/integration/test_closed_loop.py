@@ -161,7 +161,9 @@ class Loop:
         m = self.mdep()
         meta = m["metadata"]
         managers = {(f.get("manager"), f.get("subresource", "")) for f in meta.get("managedFields") or []}
-        return m["spec"], meta.get("labels"), meta.get("annotations"), meta["generation"], managers
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                       if k != "kubectl.kubernetes.io/last-applied-configuration"}  # the test's own kubectl apply
+        return m["spec"], meta.get("labels"), annotations, meta["generation"], managers
 
     def close(self) -> None:
         self.kubelet.stopped.set()
