@@ -57,7 +57,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="retrain command (argv, no shell) overriding the stored one")
     p.set_defaults(func=_force)
 
-    p = add("verify-audit", "check the hash chain of the audit log; exit 1 naming the first bad entry")
+    p = sub.add_parser(
+        "verify-audit", help="check the hash chain of the audit log; exit 1 naming the first bad entry",
+        description="Check the hash chain of a model's audit log (under $MLOPS_HOME), or of a RetrainPolicy's "
+                    "audit log in a cluster (--namespace NS --policy NAME: the ConfigMap <policy>-retrain-audit). "
+                    "Exit 0 when intact, 1 naming the first bad entry.")
+    p.add_argument("model", nargs="?", help="model name (local state); omit with --policy")
+    p.add_argument("--policy", help="RetrainPolicy name (reads its audit ConfigMap from the cluster)")
+    p.add_argument("--namespace", "-n", default="default", help="the policy's namespace (default: default)")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    p.add_argument("--context", help="kubeconfig context")
     p.set_defaults(func=_verify)
 
 
@@ -186,9 +195,40 @@ def _force(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _verify_policy(args: argparse.Namespace) -> int:
+    from mlops.core import audit_chain
+    from mlops.operator.k8s import Kube, KubeError
+    from mlops.operator.retrain import AUDIT_KEY, audit_configmap_name
+
+    if args.model:
+        raise UsageError("give either a model name or --policy, not both")
+    try:
+        kube = Kube.from_environment(args.kubeconfig, args.context)
+        cm = kube.get("ConfigMap", args.namespace, audit_configmap_name(args.policy))
+    except KubeError as exc:
+        print(f"cannot read the audit ConfigMap: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # kubeconfig missing or unreadable
+        raise UsageError(f"cannot reach the cluster: {exc}") from exc
+    if cm is None:
+        raise UsageError(f"no audit log for RetrainPolicy {args.namespace}/{args.policy} "
+                         f"(ConfigMap {audit_configmap_name(args.policy)} not found)")
+    entries = audit_chain.loads(((cm.get("data") or {}).get(AUDIT_KEY)) or "")
+    result = audit_chain.verify(entries)
+    if result.ok:
+        print(f"audit chain intact: {result.entries} entries ({args.namespace}/{args.policy})")
+        return 0
+    print(f"audit chain broken at entry {result.first_bad_id}: {result.problem} ({args.namespace}/{args.policy})")
+    return 1
+
+
 def _verify(args: argparse.Namespace) -> int:
     from mlops.store.retrain_store import RetrainStore
 
+    if args.policy:
+        return _verify_policy(args)
+    if not args.model:
+        raise UsageError("give a model name (local state) or --policy NAME --namespace NS (a cluster's RetrainPolicy)")
     if not _state_exists(args.model):
         raise UsageError(f"no retraining state for model {args.model!r} under $MLOPS_HOME")
     result = RetrainStore(args.model).verify_audit()

@@ -31,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the metadata as JSON")
     p.add_argument("--register", metavar="NAME", help="register the artifact as a new MLflow model version")
     p.add_argument("--mlflow-tracking-uri", default=None, help="MLflow server (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--termination-message-path", metavar="PATH", default=None,
+                   help="also write the artifact record (JSON: uri, sha256, format, metrics, runId from "
+                        "$MLOPS_RUN_ID) to PATH, e.g. /dev/termination-log in a RetrainPolicy's Job, where the "
+                        "operator reads it from the pod's status (default: off)")
     p.set_defaults(func=run)
 
 
@@ -60,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         raise UsageError(str(exc)) from exc
     registered = _register(args, meta) if args.register else None
+    if args.termination_message_path:
+        _write_record(args.termination_message_path, artifact_record(args.out, meta, registered))
     if args.json:
         payload = meta.model_dump()
         if registered is not None:
@@ -71,6 +77,37 @@ def run(args: argparse.Namespace) -> int:
         if registered is not None:
             print(f"registered {registered['uri']} (sha256 {registered['sha256']}, run {registered['run_id']})")
     return 0
+
+
+TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps of a termination message
+
+
+def artifact_record(out: str, meta, registered: dict | None = None) -> dict:
+    """What a retraining Job reports to the operator: where the artifact is and how to pin it.
+    The registry URI when it was registered, else the file:// URI of the written model."""
+    import os
+    from pathlib import Path
+
+    uri = registered["uri"] if registered else (Path(out).resolve() / "model.skops").as_uri()
+    metrics = {k: float(v) for k, v in (meta.metrics or {}).items() if isinstance(v, int | float)}
+    record = {"uri": uri, "sha256": meta.sha256, "format": meta.format, "metrics": metrics}
+    if os.environ.get("MLOPS_RUN_ID"):
+        record["runId"] = os.environ["MLOPS_RUN_ID"]
+    return record
+
+
+def _write_record(path: str, record: dict) -> None:
+    import json
+
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:  # keep the pins, drop what does not fit
+        record = {**record, "metrics": {k: record["metrics"][k] for k in list(record["metrics"])[:8]}}
+        text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise UsageError(f"--termination-message-path {path}: {exc}") from exc
 
 
 def _register(args: argparse.Namespace, meta) -> dict:

@@ -206,11 +206,15 @@ def qualifying_triggers(evidence: Evidence, history: History, config: PolicyConf
 
 
 def constraint_blocks(trigger_type: str, history: History, config: PolicyConfig, now: float,
-                      *, exclude_event_id: int | None = None) -> list[tuple[str, str]]:
+                      *, exclude_event_id: int | None = None,
+                      cooldown_from_start: bool = False) -> list[tuple[str, str]]:
     """Every constraint that forbids starting a ``trigger_type`` run now, as (code, reason).
 
     ``exclude_event_id`` is the pending trigger being started itself (an approved one), which
-    must not count as its own duplicate.
+    must not count as its own duplicate. ``cooldown_from_start``: the minimum time between runs is
+    measured from the last run's *start*, whatever its outcome (the operator's RetrainPolicy:
+    "hours between two retraining starts", a failed Job counts); by default from the last
+    successful run's end (the library's trigger).
     """
     blocks: list[tuple[str, str]] = []
     if any(r.success is None for r in history.runs):
@@ -225,13 +229,16 @@ def constraint_blocks(trigger_type: str, history: History, config: PolicyConfig,
             break
 
     last = history.last_success
+    if cooldown_from_start and history.runs:
+        last = max(history.runs, key=lambda r: r.started_at)
     if last is not None:
-        since = (last.finished_at or last.started_at)
+        since = last.started_at if cooldown_from_start else (last.finished_at or last.started_at)
         wait = config.min_hours_between_retrains * HOUR_SECONDS - (now - since)
         if wait > 0:
             blocks.append((
                 COOLDOWN,
-                f"last successful retrain {(now - since) / HOUR_SECONDS:.2f} h ago; minimum is "
+                f"last {'retrain started' if cooldown_from_start else 'successful retrain'} "
+                f"{(now - since) / HOUR_SECONDS:.2f} h ago; minimum is "
                 f"{config.min_hours_between_retrains} h between retrains ({wait / HOUR_SECONDS:.2f} h left)",
             ))
 
@@ -248,13 +255,14 @@ def constraint_blocks(trigger_type: str, history: History, config: PolicyConfig,
     return blocks
 
 
-def decide(evidence: Evidence, history: History, config: PolicyConfig, now: float) -> Decision:
+def decide(evidence: Evidence, history: History, config: PolicyConfig, now: float, *,
+           cooldown_from_start: bool = False) -> Decision:
     """Whether to retrain now, on which trigger, why, and what (if anything) blocks it."""
     candidates = tuple(qualifying_triggers(evidence, history, config, now))
     if not candidates:
         return Decision(action=NONE)
     trigger_type, reason = candidates[0]
-    blocks = constraint_blocks(trigger_type, history, config, now)
+    blocks = constraint_blocks(trigger_type, history, config, now, cooldown_from_start=cooldown_from_start)
     if blocks:
         code, why = blocks[0]
         return Decision(action=BLOCKED, trigger_type=trigger_type, reason=reason,
@@ -267,10 +275,10 @@ def decide(evidence: Evidence, history: History, config: PolicyConfig, now: floa
 
 
 def decide_pending(pending: PendingTrigger, reason: str, history: History, config: PolicyConfig,
-                   now: float) -> Decision:
+                   now: float, *, cooldown_from_start: bool = False) -> Decision:
     """Whether an approved trigger may start now: every constraint except approval applies."""
     blocks = constraint_blocks(pending.trigger_type, history, config, now,
-                               exclude_event_id=pending.event_id)
+                               exclude_event_id=pending.event_id, cooldown_from_start=cooldown_from_start)
     if blocks:
         return Decision(action=BLOCKED, trigger_type=pending.trigger_type, reason=reason,
                         block_code=blocks[0][0], block_reason="; ".join(b[1] for b in blocks),

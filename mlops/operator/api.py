@@ -203,6 +203,7 @@ class VersionStatus(_Model):
 
 class DeploymentMetrics(_Model):
     predictions: int | None = None
+    labelled: int | None = None
     accuracy: float | None = None
     precision: float | None = None
     recall: float | None = None
@@ -480,6 +481,17 @@ class HistoryEntry(_Model):
     trigger_type: str | None = None
     decision: str | None = None
     reason: str | None = None
+    run_id: str | None = None
+    repeats: int | None = None
+
+
+class RetrainCandidate(_Model):
+    run_id: str | None = None
+    uri: str | None = None
+    sha256: str | None = None
+    status: str | None = None
+    version: str | None = None
+    outcome: str | None = None
 
 
 class RetrainPolicyStatus(_Model):
@@ -492,6 +504,8 @@ class RetrainPolicyStatus(_Model):
     active_job: str | None = None
     pending_approval: PendingApproval | None = None
     history: list[HistoryEntry] | None = Field(default=None, max_length=50)
+    last_candidate: RetrainCandidate | None = None
+    audit_entries: int | None = None
 
 
 #: kind -> (plural, spec model, status model); used by the operator and by the schema test.

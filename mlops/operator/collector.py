@@ -31,6 +31,7 @@ log = logging.getLogger("mlops.operator.collector")
 # summarize() key -> status.metrics key
 STATUS_KEYS = {
     "predictions": "predictions",
+    "feedback": "labelled",
     "accuracy": "accuracy",
     "precision": "precision",
     "recall": "recall",

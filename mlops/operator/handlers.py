@@ -46,6 +46,7 @@ from mlops.operator.metrics import OperatorMetrics
 from mlops.operator.resources import naming as n
 from mlops.operator.resources.model_deployment import Observed, plan
 from mlops.operator.resources.spec import InvalidSpec, normalize_spec
+from mlops.operator.retrain import register as register_retrain
 from mlops.operator.signing_key import ensure_signing_key
 
 log = logging.getLogger("mlops.operator")
@@ -126,6 +127,7 @@ class Controller:
         kube.on_request = self._count_request
         self.known: dict[Key, dict[str, Any]] = {}
         self.experiments: Any = None  # the ABExperiment controller (mlops.operator.experiments.register)
+        self.retrain: Any = None  # the RetrainPolicy controller (mlops.operator.retrain.register)
         self._locks: dict[Key, asyncio.Lock] = {}
         self._pending: set[Key] = set()
         self._retries: dict[Key, int] = {}
@@ -692,4 +694,5 @@ def build_registry(controller: Controller) -> Any:
         kopf.on.event(group, version, plural, labels=managed, id=f"owned-{kind.lower()}", registry=registry)(make(kind))
 
     register_experiments(registry, controller)
+    register_retrain(registry, controller)
     return registry

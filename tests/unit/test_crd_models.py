@@ -244,7 +244,7 @@ def test_crd_metadata(kind):
     expected = {
         "ModelDeployment": {"Ready", "Version", "Accuracy", "Drift"},
         "ABExperiment": {"Phase", "Split", "N-Control", "N-Treatment", "P-Value", "Winner"},
-        "RetrainPolicy": {"Last Run", "Runs Today", "Pending"},
+        "RetrainPolicy": {"Phase", "Last Run", "Runs 24h", "Pending", "Job"},
     }[kind]
     assert expected <= columns
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
