@@ -52,7 +52,9 @@ from mlops.testing.experiment_stack import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 REPO = Path(__file__).resolve().parents[2]
-BETTER, WORSE = "run-better-0001", "run-worse-0002"
+# run ids: the RetrainPolicy controller names a run after its Job, `<policy>-r<n>`; the full-loop test's
+# first run is alz-retrain-r1, so its candidate is served by the same `mlops serve` pair as BETTER's
+BETTER, WORSE = "alz-retrain-r1", "run-worse-0002"
 EXPERIMENT_TUNING = {"minSamplesPerVariant": 200, "minimumDetectableEffect": 0.05}
 
 
@@ -95,7 +97,8 @@ def operator_kube(operator_kubeconfig) -> Kube:
 class Loop:
     """One namespace: ModelDeployment `alz` (v1 only, as a user wrote it), its router, an operator."""
 
-    def __init__(self, cluster, admin: Kube, kubeconfig: Path, pairs: dict, models: Path, workdir: Path):
+    def __init__(self, cluster, admin: Kube, kubeconfig: Path, pairs: dict, models: Path, workdir: Path,
+                 monitoring: bool = True):
         self.cluster, self.admin, self.models = cluster, admin, models
         self.ns = f"loop-{uuid.uuid4().hex[:8]}"
         cluster.create_namespace(self.ns)
@@ -110,7 +113,7 @@ class Loop:
             "metadata": {"name": "alz", "annotations": {cand.ANN_EXPERIMENT_DEFAULTS: json.dumps(EXPERIMENT_TUNING)}},
             "spec": {"modelName": "alz", "stableVersion": "v1",
                      "versions": [{"name": "v1", "artifact": {"uri": v1.as_uri(), "sha256": sha256_of(v1)}}],
-                     "monitoring": {"collectIntervalSeconds": 5}}}
+                     "monitoring": {"collectIntervalSeconds": 5, "enabled": monitoring}}}
         self.apply(self.manifest)
         self.folder = ConfigMapDir(workdir / "configmap")
         self.kubelet = Kubelet(admin, self.ns, "alz", self.folder, {v: i["server"] for v, i in info.items()})
@@ -175,6 +178,16 @@ class Loop:
 @pytest.fixture
 def loop(cluster, admin, operator_kubeconfig, pairs, models, tmp_path):
     s = Loop(cluster, admin, operator_kubeconfig, pairs, models, tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def unmonitored_loop(cluster, admin, operator_kubeconfig, pairs, models, tmp_path):
+    """The test plays the metrics collector (it writes Drifting): the operator's own collection is off."""
+    s = Loop(cluster, admin, operator_kubeconfig, pairs, models, tmp_path, monitoring=False)
     try:
         yield s
     finally:
@@ -374,3 +387,65 @@ def test_bad_input_is_a_clear_error(loop, operator_kube):
         cand.propose_candidate(operator_kube, namespace=s.ns, model_deployment="alz", policy="alz-retrain",
                                run_id="run-twice", uri=art.as_uri(), sha256="1" * 64)
     assert len(s.experiments()) == 1
+
+
+HOLD = "mlops.duetmind.io/kwok-hold"
+
+
+def test_full_loop_drift_job_candidate_experiment_promotion(unmonitored_loop):
+    """drift -> one Job -> artifact record -> candidate deployed -> experiment at the policy's split ->
+    promotion, with the RetrainPolicy controller (issue 14) in the same operator process. The test plays
+    the collector (Drifting in status) and the training container (the KWOK pod's termination message)."""
+    s = unmonitored_loop
+    before = s.user_fields()
+    s.apply({"apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "RetrainPolicy", "metadata": {"name": "alz-retrain"},
+             "spec": {"modelDeployment": "alz", "triggers": {"drift": {"threshold": 0.1}},
+                      "constraints": {"minHoursBetweenRetrains": 6, "maxRetrainsPerDay": 4},
+                      "jobTemplate": {"spec": {"template": {
+                          "metadata": {"annotations": {HOLD: "true"}},
+                          "spec": {"containers": [{"name": "train", "image": "mlops-operator:test",
+                                                   "command": ["mlops", "train", "--termination-message-path",
+                                                               "/dev/termination-log"]}]}}}},
+                      "onSuccess": {"openExperiment": True, "trafficSplit": 0.5}}})
+    wait_until(lambda: ((s.admin.get("RetrainPolicy", s.ns, "alz-retrain") or {}).get("status") or {}).get("phase")
+               == "Idle", 60, "policy evaluated", s.op.tail)
+    # the collector's part: drift in one feature
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    conditions = [c for c in s.mdep_status().get("conditions") or [] if c["type"] != "Drifting"]
+    conditions.append({"type": "Drifting", "status": "True", "reason": "FeatureDrift", "message": "age shifted 1 sd",
+                       "lastTransitionTime": now})
+    s.admin.patch_status(s.ns, "alz", {"conditions": conditions, "metrics": {
+        "predictions": 5000, "driftScore": 0.5, "driftedFeatures": ["age"], "driftWindowRows": 600,
+        "collectedAt": now}})
+    jobs = wait_until(lambda: s.admin.list("Job", s.ns), 60, "a retraining Job", s.op.tail)
+    assert [j["metadata"]["name"] for j in jobs] == [BETTER]
+    # the training container's part: it reports the artifact through its termination message
+    pod = wait_until(lambda: s.admin.list("Pod", s.ns, f"job-name={BETTER}"), 60, "training pod")[0]
+    wait_until(lambda: (s.admin.get("Pod", s.ns, pod["metadata"]["name"]).get("status") or {}).get("phase")
+               == "Running", 60, "training pod Running")
+    art = s.models / "v2" / "model.skops"
+    record = {"uri": art.as_uri(), "sha256": sha256_of(art), "format": "skops", "metrics": {"accuracy": 0.92},
+              "runId": BETTER}
+    s.admin.patch_status(s.ns, pod["metadata"]["name"], {"phase": "Succeeded", "containerStatuses": [{
+        "name": "train", "image": "mlops-operator:test", "imageID": "", "ready": False, "restartCount": 0,
+        "started": False, "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": json.dumps(record),
+                                                   "startedAt": now, "finishedAt": now}}}]}, kind="Pod")
+    version = cc.version_name(BETTER)
+    exp_name = cc.experiment_name("alz-retrain", BETTER)
+    wait_until(lambda: s.admin.get("ABExperiment", s.ns, exp_name), 90, "the candidate's experiment", s.op.tail)
+    assert s.entries()[version]["state"] == "candidate"
+    wait_until(lambda: s.deployment(version), 60, "candidate Deployment", s.op.tail)
+    wait_until(lambda: (s.router_table().get("experiment") or {}).get("treatment") == version, 90,
+               "candidate's experiment routed", s.op.tail)
+    assert s.router_table()["experiment"]["treatment_share"] == 0.5  # the policy's onSuccess.trafficSplit
+    st = _feed_until(s, exp_name, {"control": 0.80, "treatment": 0.92}, seed=21,
+                     done=lambda st: st.get("phase") in ("Concluded", "Completed", "Terminated"))
+    assert st["phase"] == "Concluded" and st["winner"] == "treatment", st
+    wait_until(lambda: s.router_table()["stable_version"] == version, 90, "router stable = candidate", s.op.tail)
+    wait_until(lambda: s.entries()[version]["state"] == "promoted", 30, "candidate promoted")
+    # the policy's controller reads the outcome back through candidate_outcome
+    wait_until(lambda: "promoted" in json.dumps((s.admin.get("RetrainPolicy", s.ns, "alz-retrain") or {})
+                                                .get("status") or {}), 60, "outcome in the policy's status",
+               s.op.tail)
+    assert len(s.admin.list("Job", s.ns)) == 1 and len(s.experiments()) == 1
+    assert s.user_fields()[0] == before[0] and s.user_fields()[3] == before[3]
