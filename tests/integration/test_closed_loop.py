@@ -52,9 +52,10 @@ from mlops.testing.experiment_stack import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 REPO = Path(__file__).resolve().parents[2]
-# run ids: the RetrainPolicy controller names a run after its Job, `<policy>-r<n>`; the full-loop test's
-# first run is alz-retrain-r1, so its candidate is served by the same `mlops serve` pair as BETTER's
-BETTER, WORSE = "alz-retrain-r1", "run-worse-0002"
+# The sidecars are shared by the tests and count per experiment name (<policy>-rt-<hash of run id>), so
+# each test uses its own run id; KILL's and LOOP_RUN's candidates are served by the WORSE/BETTER pairs.
+BETTER, WORSE, KILL = "run-better-0001", "run-worse-0002", "run-kill-0003"
+LOOP_RUN = "alz-retrain-r1"  # the RetrainPolicy controller names a run after its Job, `<policy>-r<n>`
 EXPERIMENT_TUNING = {"minSamplesPerVariant": 200, "minimumDetectableEffect": 0.05}
 
 
@@ -328,27 +329,28 @@ def test_worse_candidate_is_rejected_and_its_pods_are_removed(loop, operator_kub
 
 def test_sigkill_at_each_step_converges_to_one_candidate_and_one_experiment(loop, operator_kube):
     s = loop
+    s.kubelet.urls[cc.version_name(KILL)] = s.kubelet.urls[cc.version_name(WORSE)]  # served by the same pair
     # 1. killed after recording the candidate, before opening its experiment: the entry is written
     #    (as propose_candidate's first write does) and the process dies; the operator completes it
     art = s.models / "v2" / "model.skops"
     mdep = s.admin.get_mdep(s.ns, "alz")
     cand._ensure_configmap(operator_kube, mdep)
-    entry = cc.new_entry(run_id=WORSE, policy="alz-retrain", uri=art.as_uri(), sha256=sha256_of(art), format="skops",
-                         metrics={}, experiment=cc.experiment_name("alz-retrain", WORSE), now="2026-01-01T00:00:00Z")
+    entry = cc.new_entry(run_id=KILL, policy="alz-retrain", uri=art.as_uri(), sha256=sha256_of(art), format="skops",
+                         metrics={}, experiment=cc.experiment_name("alz-retrain", KILL), now="2026-01-01T00:00:00Z")
     entry["experimentSpec"] = cand._experiment_spec(mdep, "v1", entry["name"], 0.5)
     cand._put_entry(operator_kube, s.ns, "alz", entry)
     exp = wait_until(lambda: s.experiments(), 60, "the operator opens the recorded experiment", s.op.tail)[0]
     assert exp["metadata"]["name"] == entry["experiment"]
     wait_until(lambda: s.entries()[entry["name"]].get("experimentUid") == exp["metadata"]["uid"], 30, "uid recorded")
     # the RetrainPolicy controller, restarted, calls again: nothing new
-    assert s.propose(operator_kube, WORSE) == entry["name"]
+    assert s.propose(operator_kube, KILL) == entry["name"]
     assert [e["metadata"]["uid"] for e in s.experiments()] == [exp["metadata"]["uid"]]
 
     # 2. killed after the experiment opened and started
     started = wait_until(lambda: s.abx_status(exp["metadata"]["name"]).get("startedAt"), 60, "experiment started",
                          s.op.tail)
     s.op.stop(signal.SIGKILL)
-    assert s.propose(operator_kube, WORSE) == entry["name"]  # the retry while the operator is down
+    assert s.propose(operator_kube, KILL) == entry["name"]  # the retry while the operator is down
     s.op.start()
     wait_until(lambda: (s.router_table().get("experiment") or {}).get("treatment") == entry["name"], 90,
                "routed after the restart", s.op.tail)
@@ -363,7 +365,7 @@ def test_sigkill_at_each_step_converges_to_one_candidate_and_one_experiment(loop
     s.cluster.kubectl("delete", "abexperiment", exp["metadata"]["name"], "-n", s.ns)
     wait_until(lambda: s.entries()[entry["name"]]["state"] == "rejected", 60, "rejected after deletion", s.op.tail)
     wait_until(lambda: s.deployment(entry["name"]) is None, 60, "candidate pruned", s.op.tail)
-    assert s.propose(operator_kube, WORSE) == entry["name"] and not s.experiments()
+    assert s.propose(operator_kube, KILL) == entry["name"] and not s.experiments()
 
 
 def test_bad_input_is_a_clear_error(loop, operator_kube):
@@ -397,6 +399,7 @@ def test_full_loop_drift_job_candidate_experiment_promotion(unmonitored_loop):
     promotion, with the RetrainPolicy controller (issue 14) in the same operator process. The test plays
     the collector (Drifting in status) and the training container (the KWOK pod's termination message)."""
     s = unmonitored_loop
+    s.kubelet.urls[cc.version_name(LOOP_RUN)] = s.kubelet.urls[cc.version_name(BETTER)]  # served by that pair
     before = s.user_fields()
     s.apply({"apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "RetrainPolicy", "metadata": {"name": "alz-retrain"},
              "spec": {"modelDeployment": "alz", "triggers": {"drift": {"threshold": 0.1}},
@@ -418,20 +421,20 @@ def test_full_loop_drift_job_candidate_experiment_promotion(unmonitored_loop):
         "predictions": 5000, "driftScore": 0.5, "driftedFeatures": ["age"], "driftWindowRows": 600,
         "collectedAt": now}})
     jobs = wait_until(lambda: s.admin.list("Job", s.ns), 60, "a retraining Job", s.op.tail)
-    assert [j["metadata"]["name"] for j in jobs] == [BETTER]
+    assert [j["metadata"]["name"] for j in jobs] == [LOOP_RUN]
     # the training container's part: it reports the artifact through its termination message
-    pod = wait_until(lambda: s.admin.list("Pod", s.ns, f"job-name={BETTER}"), 60, "training pod")[0]
+    pod = wait_until(lambda: s.admin.list("Pod", s.ns, f"job-name={LOOP_RUN}"), 60, "training pod")[0]
     wait_until(lambda: (s.admin.get("Pod", s.ns, pod["metadata"]["name"]).get("status") or {}).get("phase")
                == "Running", 60, "training pod Running")
     art = s.models / "v2" / "model.skops"
     record = {"uri": art.as_uri(), "sha256": sha256_of(art), "format": "skops", "metrics": {"accuracy": 0.92},
-              "runId": BETTER}
+              "runId": LOOP_RUN}
     s.admin.patch_status(s.ns, pod["metadata"]["name"], {"phase": "Succeeded", "containerStatuses": [{
         "name": "train", "image": "mlops-operator:test", "imageID": "", "ready": False, "restartCount": 0,
         "started": False, "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": json.dumps(record),
                                                    "startedAt": now, "finishedAt": now}}}]}, kind="Pod")
-    version = cc.version_name(BETTER)
-    exp_name = cc.experiment_name("alz-retrain", BETTER)
+    version = cc.version_name(LOOP_RUN)
+    exp_name = cc.experiment_name("alz-retrain", LOOP_RUN)
     wait_until(lambda: s.admin.get("ABExperiment", s.ns, exp_name), 90, "the candidate's experiment", s.op.tail)
     assert s.entries()[version]["state"] == "candidate"
     wait_until(lambda: s.deployment(version), 60, "candidate Deployment", s.op.tail)
