@@ -53,9 +53,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(150
 
 REPO = Path(__file__).resolve().parents[2]
 # The sidecars are shared by the tests and count per experiment name (<policy>-rt-<hash of run id>), so
-# each test uses its own run id; KILL's and LOOP_RUN's candidates are served by the WORSE/BETTER pairs.
-BETTER, WORSE, KILL = "run-better-0001", "run-worse-0002", "run-kill-0003"
-LOOP_RUN = "alz-retrain-r1"  # the RetrainPolicy controller names a run after its Job, `<policy>-r<n>`
+# each test has its own experiment name. The RetrainPolicy controller names a run after its Job,
+# `<policy>-r<n>`: the full-loop test's run is alz-retrain-r1 under policy alz-retrain, the promotion
+# test proposes the same run (same version, same `mlops serve` pair) under policy "manual".
+BETTER, WORSE, KILL = "alz-retrain-r1", "run-worse-0002", "run-kill-0003"
+LOOP_RUN = BETTER
 EXPERIMENT_TUNING = {"minSamplesPerVariant": 200, "minimumDetectableEffect": 0.05}
 
 
@@ -154,9 +156,9 @@ class Loop:
     def deployment(self, version: str) -> dict | None:
         return self.admin.get("Deployment", self.ns, f"alz-{version}")
 
-    def propose(self, kube: Kube, run_id: str, split: float = 0.5) -> str:
+    def propose(self, kube: Kube, run_id: str, split: float = 0.5, policy: str = "alz-retrain") -> str:
         art = self.models / "v2" / "model.skops"
-        return cand.propose_candidate(kube, namespace=self.ns, model_deployment="alz", policy="alz-retrain",
+        return cand.propose_candidate(kube, namespace=self.ns, model_deployment="alz", policy=policy,
                                       run_id=run_id, uri=art.as_uri(), sha256=sha256_of(art),
                                       metrics={"accuracy": 0.9}, traffic_split=split)
 
@@ -210,19 +212,19 @@ def _feed_until(s: Loop, experiment: str, accuracy: dict, seed: int, done, round
 def test_better_candidate_is_promoted_and_keeps_serving_without_policy_or_experiment(loop, operator_kube):
     s = loop
     before = s.user_fields()
-    s.apply({"apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "RetrainPolicy", "metadata": {"name": "alz-retrain"},
+    s.apply({"apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "RetrainPolicy", "metadata": {"name": "manual"},
              "spec": {"modelDeployment": "alz", "triggers": {"drift": {"threshold": 0.1}},
                       "onSuccess": {"openExperiment": True, "trafficSplit": 0.5}}})
-    version = s.propose(operator_kube, BETTER)
+    version = s.propose(operator_kube, BETTER, policy="manual")
     assert version == cc.version_name(BETTER) and version.startswith("rt-") and len(version) == 11
     # idempotent: the RetrainPolicy controller may call again (restart, retry) with the same run
-    assert s.propose(operator_kube, BETTER) == version
+    assert s.propose(operator_kube, BETTER, policy="manual") == version
     entries = s.entries()
     assert list(entries) == [version] and entries[version]["state"] == "candidate"
     exps = s.experiments()
     assert len(exps) == 1
     exp = exps[0]
-    assert exp["metadata"]["name"] == cc.experiment_name("alz-retrain", BETTER) == f"alz-retrain-{version}"
+    assert exp["metadata"]["name"] == cc.experiment_name("manual", BETTER) == f"manual-{version}"
     assert exp["spec"]["controlVersion"] == "v1" and exp["spec"]["treatmentVersion"] == version
     assert exp["spec"]["trafficSplit"] == 0.5 and exp["spec"]["autoPromote"] and exp["spec"]["autoRollback"]
     assert exp["spec"]["minSamplesPerVariant"] == 200  # the ModelDeployment's annotation tunes it
@@ -258,7 +260,7 @@ def test_better_candidate_is_promoted_and_keeps_serving_without_policy_or_experi
     assert promoted_events and entries[version]["artifact"]["uri"] in promoted_events[0]["message"]
 
     # the policy and the experiment go away: the promotion stays (it lives in the candidates ConfigMap)
-    s.cluster.kubectl("delete", "retrainpolicy", "alz-retrain", "-n", s.ns)
+    s.cluster.kubectl("delete", "retrainpolicy", "manual", "-n", s.ns)
     s.cluster.kubectl("delete", "abexperiment", exp["metadata"]["name"], "-n", s.ns)
     # an edit of the ModelDeployment that leaves stableVersion alone (new generation) keeps it too
     edited = json.loads(json.dumps(s.manifest))
@@ -399,7 +401,6 @@ def test_full_loop_drift_job_candidate_experiment_promotion(unmonitored_loop):
     promotion, with the RetrainPolicy controller (issue 14) in the same operator process. The test plays
     the collector (Drifting in status) and the training container (the KWOK pod's termination message)."""
     s = unmonitored_loop
-    s.kubelet.urls[cc.version_name(LOOP_RUN)] = s.kubelet.urls[cc.version_name(BETTER)]  # served by that pair
     before = s.user_fields()
     s.apply({"apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "RetrainPolicy", "metadata": {"name": "alz-retrain"},
              "spec": {"modelDeployment": "alz", "triggers": {"drift": {"threshold": 0.1}},
