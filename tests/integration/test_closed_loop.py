@@ -453,3 +453,15 @@ def test_full_loop_drift_job_candidate_experiment_promotion(unmonitored_loop):
                s.op.tail)
     assert len(s.admin.list("Job", s.ns)) == 1 and len(s.experiments()) == 1
     assert s.user_fields()[0] == before[0] and s.user_fields()[3] == before[3]
+
+
+def test_rbac_lets_the_operator_open_experiments_but_never_write_a_modeldeployment(cluster, operator_kubeconfig):
+    """The first invariant holds by construction: the operator's own RBAC cannot write a spec."""
+    def can(verb: str, what: str, *extra: str) -> str:
+        return cluster.kubectl("auth", "can-i", verb, what, *extra, "-n", "default", kubeconfig=operator_kubeconfig,
+                               check=False).stdout.strip()
+
+    assert can("create", "abexperiments.mlops.duetmind.io") == "yes"
+    assert can("patch", "modeldeployments.mlops.duetmind.io", "--subresource=status") == "yes"
+    for verb in ("create", "update", "patch", "delete"):
+        assert can(verb, "modeldeployments.mlops.duetmind.io") == "no", verb
