@@ -58,6 +58,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_force)
 
     p = sub.add_parser(
+        "scan-data", help="count rows in new data files (a RetrainPolicy's scan Job runs this)",
+        description="List files under --path matching --pattern whose (size, mtime) are not in the known "
+                    "ledger ($MLOPS_SCAN_KNOWN, JSON {path: [size, mtime_ns]}), count their rows once they stop "
+                    "changing, and print (or write to --termination-message-path) "
+                    "{\"files\": {path: [size, mtime_ns, rows]}, \"more\": bool}, cut to 4 KiB.")
+    p.add_argument("--path", action="append", required=True, help="folder to scan (repeatable)")
+    p.add_argument("--pattern", action="append", default=None,
+                   help="file suffix or glob (repeatable; default .csv and .parquet)")
+    p.add_argument("--known-env", default="MLOPS_SCAN_KNOWN", help="environment variable holding the known ledger")
+    p.add_argument("--settle-seconds", type=float, default=1.0,
+                   help="a file is counted when two looks this far apart see the same size and mtime")
+    p.add_argument("--termination-message-path", metavar="PATH", default=None)
+    p.set_defaults(func=_scan_data)
+
+    p = sub.add_parser(
         "verify-audit", help="check the hash chain of the audit log; exit 1 naming the first bad entry",
         description="Check the hash chain of a model's audit log (under $MLOPS_HOME), or of a RetrainPolicy's "
                     "audit log in a cluster (--namespace NS --policy NAME: the ConfigMap <policy>-retrain-audit). "
@@ -193,6 +208,80 @@ def _force(args: argparse.Namespace) -> int:
     detail = event["block_reason"] or event["error_message"]
     print(f"event {event['id']}: {event['status']}" + (f" ({detail})" if detail and not ok else ""))
     return 0 if ok else 1
+
+
+SCAN_REPORT_LIMIT = 4000
+
+
+def scan_report(paths: list[str], patterns: list[str], known: dict, *, settle_seconds: float = 1.0,
+                sleep=None) -> dict:
+    """{"files": {path: [size, mtime_ns, rows]}, "more": bool} for files not in ``known`` (or changed),
+    stable over ``settle_seconds``, in a report that fits a termination message."""
+    import os
+    import time
+    from pathlib import Path
+
+    from mlops.monitoring.data_trigger import count_rows, matches
+
+    def look() -> dict[str, tuple[int, int]]:
+        out = {}
+        for root in paths:
+            if not Path(root).is_dir():
+                continue
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                for name in sorted(filenames):
+                    if name.startswith(".") or not matches(name, patterns):
+                        continue
+                    full = str(Path(dirpath, name).resolve())
+                    try:
+                        st = os.stat(full)
+                    except OSError:
+                        continue
+                    if list(known.get(full) or []) != [st.st_size, st.st_mtime_ns]:
+                        out[full] = (st.st_size, st.st_mtime_ns)
+        return out
+
+    first = look()
+    if first and settle_seconds > 0:
+        (sleep or time.sleep)(settle_seconds)
+    second = look() if first else {}
+    files: dict[str, list[int]] = {}
+    more = False
+    for path in sorted(second):
+        if first.get(path) != second[path]:
+            more = True  # still being written: the next scan counts it
+            continue
+        try:
+            rows = count_rows(Path(path))
+        except Exception:  # noqa: BLE001 - an unreadable file (half-written Parquet) is retried next scan
+            more = True
+            continue
+        candidate = {**files, path: [second[path][0], second[path][1], rows]}
+        if len(json.dumps({"files": candidate, "more": True})) > SCAN_REPORT_LIMIT:
+            more = True
+            break
+        files = candidate
+    return {"files": files, "more": more}
+
+
+def _scan_data(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        known = json.loads(os.environ.get(args.known_env) or "{}")
+    except ValueError as exc:
+        raise UsageError(f"${args.known_env} is not JSON: {exc}") from exc
+    report = scan_report(args.path, args.pattern or [".csv", ".parquet"], known, settle_seconds=args.settle_seconds)
+    text = json.dumps(report, separators=(",", ":"))
+    if args.termination_message_path:
+        try:
+            with open(args.termination_message_path, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            raise UsageError(f"--termination-message-path: {exc}") from exc
+    print(text)
+    return 0
 
 
 def _verify_policy(args: argparse.Namespace) -> int:

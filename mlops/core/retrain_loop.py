@@ -235,6 +235,7 @@ def evidence_of(state: dict[str, Any], cfg: LoopConfig, obs: Observation, manual
             state["labelledAtLastRun"] = 0 if base is not None else total
             base = state["labelledAtLastRun"]
         new_samples = total - base
+    new_samples += int(state.get("newRows") or 0)
     window_labelled = m.get("windowLabelled")
     return Evidence(
         new_samples=new_samples,
@@ -280,6 +281,7 @@ class _Ctx:
         self.state["runs"] = [*self.state["runs"], run][-MAX_RUNS_KEPT:]
         if self.labelled is not None:
             self.state["labelledAtLastRun"] = self.labelled
+        self.state["newRows"] = 0  # rows in files up to the decision are this run's data
         self.audit("run_decided", run=name, job=name, trigger=trigger, reason=reason, via=via)
         self.history(trigger, "Started", reason, name)
         self.event("Normal", "RetrainStarted", f"run {name} ({trigger}): {reason}")
@@ -450,6 +452,70 @@ def record_proposal(state: Mapping[str, Any], run_id: str, *, version: str | Non
             cand.update(status="refused", error=error[:1000])
             ctx.audit("candidate_refused", run=run_id, error=error)
             ctx.event("Warning", "CandidateRefused", f"run {run_id}: {error}")
+    return ctx.step
+
+
+# ---------------------------------------------------------------------------------------- data files
+SCAN_INTERVAL_SECONDS = 300.0
+
+
+def scan_due(state: Mapping[str, Any], now: float) -> bool:
+    return not state.get("scan") and now >= float(state.get("nextScanAt") or 0.0)
+
+
+def plan_scan(state: Mapping[str, Any], now: float, *, policy: str) -> Step:
+    """Decide a scan of ``newData.paths``: a Job named ``<policy>-scan-<n>``, persisted before it is
+    created (as for runs: one Job per decision)."""
+    s: dict[str, Any] = json.loads(json.dumps(state))
+    s["scanSeq"] = int(s.get("scanSeq") or 0) + 1
+    base = policy[:44].rstrip("-.") or "rtp"
+    s["scan"] = {"job": f"{base}-scan-{s['scanSeq']}", "decidedAt": now}
+    return Step(s)
+
+
+def known_files(state: Mapping[str, Any]) -> dict[str, list[int]]:
+    """What the scanner skips: {path: [size, mtime_ns]} of every file already in the ledger."""
+    return {path: [int(v[0]), int(v[1])] for path, v in (state.get("files") or {}).items()}
+
+
+def finish_scan(state: Mapping[str, Any], view: JobView, now: float) -> Step:
+    """Fold a finished scan into the ledger: each file counted once (a grown file adds its new rows, a
+    file replaced by fewer rows counts afresh). Files seen by the first scan ever are taken as
+    already trained on. The report is ``{"files": {path: [size, mtime_ns, rows]}, "more": bool}``."""
+    s: dict[str, Any] = json.loads(json.dumps(state))
+    ctx = _Ctx(s, now, "", "", None)
+    scan = s.pop("scan", None) or {}
+    s["scan"] = None
+    s["nextScanAt"] = now + SCAN_INTERVAL_SECONDS
+    if view.state != "succeeded":
+        ctx.event("Warning", "DataScanFailed", f"scan {scan.get('job')}: {view.reason or view.state}")
+        return ctx.step
+    try:
+        report = json.loads(view.message or "")
+        files = report["files"]
+        assert isinstance(files, dict)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        ctx.event("Warning", "DataScanFailed", f"scan {scan.get('job')}: unreadable report {str(view.message)[:200]!r}")
+        return ctx.step
+    ledger = s.setdefault("files", {})
+    first = not s.get("filesInitialized")
+    new_rows = 0
+    for path, value in files.items():
+        try:
+            size, mtime, rows = int(value[0]), int(value[1]), int(value[2])
+        except (TypeError, ValueError, IndexError):
+            continue
+        prev = ledger.get(path)
+        if not first:
+            new_rows += rows if prev is None or rows < int(prev[2]) else rows - int(prev[2])
+        ledger[path] = [size, mtime, rows]
+    s["filesInitialized"] = True
+    if report.get("more"):
+        s["nextScanAt"] = now  # the report was cut to fit a termination message: look again now
+    if new_rows or first:
+        s["newRows"] = int(s.get("newRows") or 0) + new_rows
+        ctx.audit("data_scanned", job=scan.get("job"), files=len(files), newRows=new_rows,
+                  baseline=first, pendingRows=s["newRows"])
     return ctx.step
 
 

@@ -112,6 +112,44 @@ def build_job(cr: Mapping[str, Any], spec: Mapping[str, Any], run: Mapping[str, 
     }
 
 
+def build_scan_job(cr: Mapping[str, Any], spec: Mapping[str, Any], scan: Mapping[str, Any],
+                   known: Mapping[str, Any]) -> dict[str, Any]:
+    """The data-scan Job (pure): the training pod's spec (same image, volumes, node placement, service
+    account) running ``mlops retrain scan-data`` on ``newData.paths``, reporting through its
+    termination message what the operator's ledger does not know yet."""
+    meta = cr["metadata"]
+    new_data = (spec.get("triggers") or {}).get("newData") or {}
+    pod_spec = copy.deepcopy(((spec.get("jobTemplate") or {}).get("spec") or {}).get("template", {}).get("spec") or {})
+    first = (pod_spec.get("containers") or [{}])[0]
+    command = ["mlops", "retrain", "scan-data", "--termination-message-path", "/dev/termination-log"]
+    for path in new_data.get("paths") or []:
+        command += ["--path", path]
+    for pattern in new_data.get("filePatterns") or []:
+        command += ["--pattern", pattern]
+    container = {"name": "scan", "image": first.get("image", ""), "command": command,
+                 "env": [{"name": "MLOPS_SCAN_KNOWN", "value": json.dumps(dict(known), separators=(",", ":"))}],
+                 "volumeMounts": first.get("volumeMounts") or [],
+                 "terminationMessagePath": "/dev/termination-log"}
+    if first.get("securityContext"):
+        container["securityContext"] = first["securityContext"]
+    pod_spec["containers"] = [container]
+    pod_spec.pop("initContainers", None)
+    pod_spec["restartPolicy"] = "Never"
+    template_meta = copy.deepcopy(((spec.get("jobTemplate") or {}).get("spec") or {}).get("template", {})
+                                  .get("metadata") or {})
+    labels = {"app.kubernetes.io/managed-by": n.MANAGED_BY, "app.kubernetes.io/part-of": n.PART_OF,
+              "app.kubernetes.io/component": "retrain-scan", LABEL_POLICY: n.label_value(meta["name"])}
+    template_meta["labels"] = {**(template_meta.get("labels") or {}), **labels}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": scan["job"], "namespace": meta["namespace"], "labels": labels,
+                     "ownerReferences": [_owner_ref(cr)]},
+        "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 600,
+                 "template": {"metadata": template_meta, "spec": pod_spec}},
+    }
+
+
 def job_view(job: Mapping[str, Any] | None, pods: list[dict[str, Any]] | None) -> rl.JobView:
     """What a Job (and, when it completed, its pods' termination messages) says about a run."""
     if job is None:
@@ -161,9 +199,14 @@ class RetrainController:
         self.propose = propose or (getattr(module, "propose_candidate", None) if module else None)
         self.outcome = outcome or (getattr(module, "candidate_outcome", None) if module else None)
         self.known: dict[Key, dict[str, Any]] = {}
-        self.memory: dict[Key, tuple[str, dict[str, Any] | None, list[dict[str, Any]]]] = {}  # uid, state, audit
+        # (uid, state, audit, ConfigMap resourceVersion): writes are conditional on that version, so an
+        # edit made by anyone else is never overwritten (409: re-read, and the edit stays visible)
+        self.memory: dict[Key, tuple[str, dict[str, Any] | None, list[dict[str, Any]], str | None]] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._next: dict[Key, float] = {}
+        # the audit chain's verification when it was read from the ConfigMap (what this process appends
+        # afterwards is valid by construction: not re-hashed at every evaluation)
+        self.chain: dict[Key, audit_chain.Verification] = {}
 
     # ---- the ConfigMap: state + audit ---------------------------------------------------------
     def load(self, cr: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]], str | None]:
@@ -180,12 +223,17 @@ class RetrainController:
         data = (cm or {}).get("data") or {}
         state = json.loads(data[STATE_KEY]) if data.get(STATE_KEY) else None
         audit = audit_chain.loads(data.get(AUDIT_KEY) or "")
-        self.memory[key] = (meta["uid"], state, audit)
+        self.memory[key] = (meta["uid"], state, audit, (cm or {}).get("metadata", {}).get("resourceVersion"))
+        self.chain[key] = audit_chain.verify(audit)
         return state, audit, None
 
     def save(self, cr: Mapping[str, Any], state: dict[str, Any], audit: list[dict[str, Any]]) -> None:
+        """Write state + audit, conditional on the version last read or written (409 when someone
+        else changed the ConfigMap: the caller re-reads it and evaluates again)."""
         meta = cr["metadata"]
-        self.kube.apply({
+        key = (meta["namespace"], meta["name"])
+        rv = (self.memory.get(key) or (None, None, None, None))[3]
+        written = self.kube.apply({
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {
@@ -197,8 +245,8 @@ class RetrainController:
             },
             "data": {STATE_KEY: json.dumps(state, sort_keys=True, separators=(",", ":")),
                      AUDIT_KEY: audit_chain.dumps(audit)},
-        })
-        self.memory[(meta["namespace"], meta["name"])] = (meta["uid"], state, audit)
+        }, resource_version=rv)
+        self.memory[key] = (meta["uid"], state, audit, ((written or {}).get("metadata") or {}).get("resourceVersion"))
 
     def commit(self, cr: Mapping[str, Any], before: dict[str, Any] | None, audit: list[dict[str, Any]],
                step: rl.Step, now: float) -> list[dict[str, Any]]:
@@ -210,7 +258,8 @@ class RetrainController:
             self.save(cr, step.state, new_audit)
         else:
             meta = cr["metadata"]
-            self.memory[(meta["namespace"], meta["name"])] = (meta["uid"], step.state, new_audit)
+            key = (meta["namespace"], meta["name"])
+            self.memory[key] = (meta["uid"], step.state, new_audit, (self.memory.get(key) or (0, 0, 0, None))[3])
         for etype, reason, message in step.events:
             self.c._event(cr, etype, reason, message)
         return new_audit
@@ -267,7 +316,7 @@ class RetrainController:
         state, audit, problem = self.load(cr)
         if problem:
             return self._failed(cr, "ResourceConflict", problem, now)
-        broken = audit_chain.verify(audit)
+        broken = self.chain.get((namespace, name)) or audit_chain.Verification(True, len(audit))
         cfg = rl.config_from_spec(spec)
         mdep = self.kube.get_mdep(namespace, spec["modelDeployment"])
         mstatus = (mdep or {}).get("status") or {}
@@ -280,9 +329,18 @@ class RetrainController:
             jobs=self._jobs(cr, state),
             candidate_outcomes=self._outcomes(cr, spec, state),
         )
+        scanning = bool((spec["triggers"].get("newData") or {}).get("paths"))
+        if scanning and state is not None:
+            state, audit = self._follow_scan(cr, state, audit, now)
         step = rl.evaluate(state, cfg, obs, now, policy=name, uid=cr["metadata"]["uid"])
         audit = self.commit(cr, state, audit, step, now)  # persisted before anything is created
         state = step.state
+        if scanning and rl.scan_due(state, now):
+            step = rl.plan_scan(state, now, policy=name)
+            audit = self.commit(cr, state, audit, step, now)  # persisted before the scan Job is created
+            state = step.state
+        if scanning and state.get("scan") and not state["scan"].get("created"):
+            self._create_scan(cr, spec, state)
         model_name = ((mdep or {}).get("spec") or {}).get("modelName") or spec["modelDeployment"]
         conflicts: list[str] = []
         for run in rl.runs_to_create(state):
@@ -321,6 +379,43 @@ class RetrainController:
         status = rl.status_of(state, now, audit_entries=len(audit))
         self._write(cr, status, ok, reason, message, now)
         return status["phase"]
+
+    def _follow_scan(self, cr: Mapping[str, Any], state: dict[str, Any], audit: list[dict[str, Any]],
+                     now: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Read a finished data-scan Job into the ledger (then delete it)."""
+        scan = state.get("scan")
+        if not scan:
+            return state, audit
+        ns, uid = cr["metadata"]["namespace"], cr["metadata"]["uid"]
+        job = self.kube.get("Job", ns, scan["job"])
+        if job is not None and not _owned_by(job, uid):
+            job = None
+        if job is None and not scan.get("created"):
+            return state, audit  # decided, not created yet: created after this evaluation
+        if job is not None and not scan.get("created"):
+            before = state
+            state = {**state, "scan": {**scan, "created": True}}
+            audit = self.commit(cr, before, audit, rl.Step(state), now)
+        pods = None
+        if job is not None and any(c.get("type") == "Complete" and c.get("status") == "True"
+                                   for c in (job.get("status") or {}).get("conditions") or []):
+            pods = [p for p in self.kube.list("Pod", ns, f"job-name={scan['job']}")
+                    if _owned_by(p, job["metadata"]["uid"])]
+        view = job_view(job, pods)
+        if view.state == "active":
+            return state, audit
+        step = rl.finish_scan(state, view, now)
+        audit = self.commit(cr, state, audit, step, now)
+        if job is not None:
+            self.kube.delete("Job", ns, scan["job"], uid=job["metadata"]["uid"])
+        return step.state, audit
+
+    def _create_scan(self, cr: Mapping[str, Any], spec: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+        try:
+            self.kube.create(build_scan_job(cr, spec, state["scan"], rl.known_files(state)))
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
 
     def _create_job(self, cr: Mapping[str, Any], spec: Mapping[str, Any], run: Mapping[str, Any],
                     model_name: str) -> str | None:
@@ -403,6 +498,7 @@ class RetrainController:
     def forget(self, key: Key) -> None:
         self.known.pop(key, None)
         self.memory.pop(key, None)
+        self.chain.pop(key, None)
         self._next.pop(key, None)
         self._locks.pop(key, None)
 

@@ -148,7 +148,7 @@ def test_examples_apply_with_defaults_and_printer_columns(cluster, crds_installe
     for column in ("PHASE", "SPLIT", "N-CONTROL", "N-TREATMENT", "P-VALUE", "WINNER"):
         assert column in header
     header = cluster.kubectl("get", "rtp", "-n", namespace).stdout.splitlines()[0]
-    for column in ("LAST RUN", "RESULT", "RUNS TODAY", "PENDING"):
+    for column in ("PHASE", "LAST RUN", "RESULT", "RUNS 24H", "PENDING", "JOB"):
         assert column in header
     everything = cluster.kubectl("get", "mlops", "-n", namespace, "-o", "name").stdout.split()
     assert sorted(everything) == sorted(

@@ -171,11 +171,19 @@ def test_drift_starts_one_job_that_reports_its_candidate(env):
     assert env.events("RetrainStarted") and env.events("RetrainSucceeded")
     ok = env.verify("p")
     assert ok.returncode == 0 and "intact" in ok.stdout, ok.stdout + ok.stderr
-    # tampering with one entry is found and named (the operator is stopped: it would append to its own copy)
-    env.op.stop()
+    # tampering with one entry is found and named; the running operator does not overwrite the edit (its
+    # writes are conditional on the version it read): it re-reads, appends, and reports the broken chain
     cm = env.admin.get("ConfigMap", env.ns, "p-retrain-audit")
     text = cm["data"]["audit.jsonl"].replace('"trigger":"data_drift"', '"trigger":"manual"', 1)
     env.admin.patch("ConfigMap", env.ns, "p-retrain-audit", {"data": {"audit.jsonl": text}})
+    bad = env.verify("p")
+    assert bad.returncode == 1 and "broken at entry 2" in bad.stdout, bad.stdout + bad.stderr
+    env.annotate("p", "retrain-now", "after the edit")
+    wait_until(lambda: any(e["payload"].get("reason") == "manual trigger: after the edit" for e in env.audit("p")), 30,
+               "appended after the edit", env.op.tail)
+    ready = wait_until(lambda: next((c for c in env.status("p").get("conditions") or [] if c["type"] == "Ready"
+                                     and c["reason"] == "AuditChainBroken"), None), 30, "AuditChainBroken", env.op.tail)
+    assert "entry 2" in ready["message"]
     bad = env.verify("p")
     assert bad.returncode == 1 and "broken at entry 2" in bad.stdout, bad.stdout + bad.stderr
 
@@ -363,6 +371,80 @@ def test_success_proposes_the_candidate_once_and_records_its_outcome(cluster, ad
         env.finish_training("p-r2", record={"uri": env.model_uri, "sha256": "not-a-digest"})
         rc.evaluate_sync(ns, "p")
         assert env.status("p")["lastRunResult"] == "Failed" and len(calls) == 2
+    finally:
+        controller.shutdown()
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_new_data_files_are_counted_once_by_scan_jobs(cluster, admin, crds_installed, tmp_path):
+    """``newData.paths``: the operator runs scan Jobs (the training pod's volumes); the test plays the scan
+    container with the real ``scan_report`` on a local folder and the Job's own environment."""
+    from mlops.commands.retrain import scan_report
+    from mlops.operator.handlers import Controller, OperatorConfig
+    from mlops.operator.retrain import RetrainController
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "old.csv").write_text("a\n" + "1\n" * 400)  # present before the policy: already trained on
+    now = {"t": time.time()}
+    ns = f"rtp-{uuid.uuid4().hex[:8]}"
+    cluster.create_namespace(ns)
+    controller = Controller(admin, OperatorConfig(namespaces=[ns]), clock=lambda: now["t"])
+    rc = RetrainController(controller)
+    env = Env.__new__(Env)
+    env.cluster, env.admin, env.workdir, env.ns = cluster, admin, tmp_path, ns
+    env.sha, env.model_uri = "b" * 64, (tmp_path / "m.skops").as_uri()
+    env.op = type("NoOp", (), {"tail": staticmethod(lambda: "")})()
+
+    def play_scanner(job_name: str) -> dict:
+        job = wait_until(lambda: admin.get("Job", ns, job_name), 30, job_name)
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        known = json.loads(container["env"][0]["value"])
+        report = scan_report([str(data)], [".csv"], known, settle_seconds=0)
+        pod = env.pod_of(job_name)
+        wait_until(lambda: (admin.get("Pod", ns, pod["metadata"]["name"]).get("status") or {}).get("phase")
+                   == "Running", 60, "scan pod Running")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        admin.patch_status(ns, pod["metadata"]["name"], {"phase": "Succeeded", "containerStatuses": [{
+            "name": "scan", "image": "img", "imageID": "", "ready": False, "restartCount": 0, "started": False,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": json.dumps(report),
+                                     "startedAt": stamp, "finishedAt": stamp}}}]}, kind="Pod")
+        wait_until(lambda: any(c["type"] == "Complete" and c["status"] == "True" for c in
+                               (admin.get("Job", ns, job_name).get("status") or {}).get("conditions") or []),
+                   60, f"{job_name} Complete")
+        return report
+
+    try:
+        env.apply({"apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"},
+                   "spec": {"modelName": "m", "stableVersion": "v1", "monitoring": {"enabled": False},
+                            "versions": [{"name": "v1", "artifact": {"uri": env.model_uri, "sha256": env.sha}}]}})
+        env.policy("d", pod_annotations={HOLD: "true"},
+                   triggers={"newData": {"minNewSamples": 100, "paths": ["/data"], "filePatterns": [".csv"]}})
+        rc.evaluate_sync(ns, "d")
+        assert play_scanner("d-scan-1")["files"]  # the first scan: a baseline
+        rc.evaluate_sync(ns, "d")
+        assert admin.get("Job", ns, "d-scan-1") is None or admin.get("Job", ns, "d-scan-1")["metadata"].get(
+            "deletionTimestamp")
+        assert not env.jobs("d") or all("scan" in j["metadata"]["name"] for j in env.jobs("d"))
+        (data / "new.csv").write_text("a\n" + "1\n" * 60)
+        now["t"] += 301
+        rc.evaluate_sync(ns, "d")
+        assert [*play_scanner("d-scan-2")["files"]] == [str((data / "new.csv").resolve())]
+        rc.evaluate_sync(ns, "d")
+        assert "d-r1" not in [j["metadata"]["name"] for j in env.jobs("d")]  # 60 < 100
+        rc.memory.clear()  # as after a restart: the ledger comes back from the ConfigMap
+        (data / "more.csv").write_text("a\n" + "1\n" * 50)
+        now["t"] += 301
+        rc.evaluate_sync(ns, "d")
+        report = play_scanner("d-scan-3")
+        assert [*report["files"]] == [str((data / "more.csv").resolve())]  # old and new are not counted again
+        rc.evaluate_sync(ns, "d")
+        runs = [j for j in env.jobs("d") if j["metadata"]["name"] == "d-r1"]
+        assert runs and {e["name"]: e["value"] for e in runs[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+                         }["MLOPS_TRIGGER"] == "data_arrival"
+        scanned = [e for e in env.audit("d") if e["action"] == "data_scanned"]
+        assert [e["payload"]["newRows"] for e in scanned] == [0, 60, 50]
+        assert env.verify("d").returncode == 0
     finally:
         controller.shutdown()
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
