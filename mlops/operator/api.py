@@ -227,6 +227,22 @@ class Alert(_Model):
     message: str
 
 
+class CandidateStatus(_Model):
+    """A retrained candidate (closed loop, ``mlops.operator.candidates``)."""
+
+    name: str
+    state: Literal["candidate", "promoted", "rejected"]
+    run_id: str | None = None
+    policy: str | None = None
+    experiment: str | None = None
+    uri: str | None = None
+    sha256: str | None = None
+    format: str | None = None
+    created_at: str | None = None
+    settled_at: str | None = None
+    message: str | None = None
+
+
 class ModelDeploymentStatus(_Model):
     phase: Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"] | None = None
     observed_generation: int | None = Field(default=None, ge=0)
@@ -236,6 +252,7 @@ class ModelDeploymentStatus(_Model):
     versions: list[VersionStatus] | None = None
     metrics: DeploymentMetrics | None = None
     alerts: list[Alert] | None = None
+    candidates: list[CandidateStatus] | None = Field(default=None, max_length=10)
 
 
 # --------------------------------------------------------------------------- ABExperiment

@@ -33,6 +33,7 @@ from typing import Any
 from mlops.core.arm_counts import Accumulator, ArmTable, accumulate, for_experiment, table_from_list
 from mlops.core.experiment import ACTIVE, FINAL, Situation, analyse, evaluate, holder_of
 from mlops.operator.api import ABExperimentSpec
+from mlops.operator.candidates import served_names
 from mlops.operator.k8s import KubeError
 from mlops.operator.resources import naming as n
 
@@ -237,6 +238,9 @@ class ExperimentController:
         analysis = None
         if mdep is not None:
             versions = [v.get("name") for v in (mdep.get("spec") or {}).get("versions") or []]
+            if spec["controlVersion"] not in versions or spec["treatmentVersion"] not in versions:
+                # retrained candidates are versions too (mlops.operator.candidates)
+                versions += served_names(getattr(self.c, "cache", None), self.kube, mdep)
             holder = holder_of(self.experiments_in(namespace), spec["modelDeployment"])
             if holder == name and old.get("startedAt"):
                 counts = self.collect(cr, mdep)

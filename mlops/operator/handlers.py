@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlops.operator import candidates as cand
 from mlops.operator import status as st
 from mlops.operator.artifacts import ArtifactPolicy, ArtifactVerifier
 from mlops.operator.cache import ObjectCache
@@ -202,7 +203,7 @@ class Controller:
         self._transition_events(cr, old.get("conditions") or [], new.get("conditions") or old.get("conditions") or [])
         return True
 
-    def _observe(self, cr: Mapping[str, Any]) -> tuple[list[dict], Observed]:
+    def _observe(self, cr: Mapping[str, Any], spec: Mapping[str, Any] | None = None) -> tuple[list[dict], Observed]:
         owned = self.children.owned(cr, PRUNABLE)
         deployed: dict[str, dict[str, str]] = {}
         for obj in owned:
@@ -225,7 +226,25 @@ class Controller:
             promoted=promoted,
             cluster_domain=self.config.cluster_domain,
         )
+        if spec is not None:  # retrained candidates (closed loop): verdicts settled, served ones added
+            meta = cr["metadata"]
+            if experiments is None:
+                experiments = self._list_experiments(meta["namespace"])
+            view = cand.reconcile(
+                self.kube, cr, spec, configmap=self.cache.get("ConfigMap", meta["namespace"],
+                                                               cand.cc.configmap_name(meta["name"])),
+                experiments=experiments, now=self._now(), event=self._event)
+            observed.candidates, observed.candidate_stable = view.versions, view.stable
+            observed.candidate_status, observed.candidate_errors = view.status, view.errors
         return owned, observed
+
+    def _list_experiments(self, namespace: str) -> list[dict[str, Any]]:
+        try:
+            return self.kube.list(n.ABX_KIND, namespace)
+        except KubeError as exc:
+            if exc.status in (403, 404):
+                return []
+            raise
 
     def _current(self, namespace: str, name: str) -> dict[str, Any] | None:
         cr = self.known.get((namespace, name))
@@ -277,9 +296,10 @@ class Controller:
             self._write_status(cr, st.reconcile_status(cr, plan=None, error=str(exc), deployments={}, now=self._now()))
             self.metrics.reconciles.labels("invalid_spec").inc()
             return "Failed"
-        owned, observed = self._observe(cr)
+        owned, observed = self._observe(cr, spec)
         observed.artifact_checks = {
-            v["name"]: self.verifier.check(v["artifact"]["uri"], v["artifact"]["sha256"]) for v in spec["versions"]
+            v["name"]: self.verifier.check(v["artifact"]["uri"], v["artifact"]["sha256"])
+            for v in [*spec["versions"], *observed.candidates]
         }
         try:
             the_plan = plan(cr, observed)
@@ -302,13 +322,14 @@ class Controller:
             self.metrics.errors.labels("apply").inc(len(result.errors))
             log.warning("reconcile of %s/%s: %s", namespace, name, "; ".join(result.errors))
         deployments = {k[1]: v for k, v in result.live.items() if k[0] == "Deployment"}
-        errors = list(result.errors)
+        errors = list(result.errors) + list(observed.candidate_errors)
         problems = self._diagnose(cr, the_plan, deployments)
         new = st.reconcile_status(
             cr, plan=the_plan, error=None, deployments=deployments, now=self._now(),
             conflicts=result.conflicts, errors=errors, problems=problems,
             artifact_checks=observed.artifact_checks,
         )
+        new["candidates"] = observed.candidate_status or None
         self._write_status(cr, new)
         self._reconciled_generation[(namespace, name)] = cr["metadata"].get("generation") or 0
         self.metrics.reconciles.labels("conflict" if result.conflicts else "error" if errors else "success").inc()
@@ -509,7 +530,9 @@ class Controller:
                 self.schedule(key)
             return
         for ref in meta.get("ownerReferences") or []:
-            if ref.get("controller") and ref.get("kind") == n.KIND and ref.get("apiVersion") == n.API_VERSION:
+            # any owner reference, not only the controller's: the candidates ConfigMap is owned (for
+            # garbage collection) but not controlled (never pruned), and its changes matter
+            if ref.get("kind") == n.KIND and ref.get("apiVersion") == n.API_VERSION:
                 key = (meta.get("namespace"), ref.get("name"))
                 known = self.known.get(key)
                 if known is not None and known["metadata"].get("uid") == ref.get("uid") and self.active:

@@ -58,6 +58,12 @@ class Observed:
     # a version an ABExperiment promoted (autoPromote) while this generation of the spec holds
     promoted: str | None = None
     cluster_domain: str = "cluster.local"
+    # retrained candidates to serve besides the spec's versions (normalized version dicts,
+    # mlops.operator.candidates) and the promoted one that serves as stable until spec.stableVersion changes
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    candidate_stable: str | None = None
+    candidate_status: list[dict[str, Any]] = field(default_factory=list)
+    candidate_errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -456,6 +462,8 @@ def plan(cr: Mapping[str, Any], observed: Observed | None = None) -> Plan:
     """Decide what to serve and build every manifest. Raises InvalidSpec for unusable specs."""
     observed = observed or Observed()
     spec = normalize_spec(cr.get("spec") or {})
+    listed = {v["name"] for v in spec["versions"]}
+    spec["versions"] = [*spec["versions"], *(c for c in observed.candidates if c["name"] not in listed)]
     name = cr["metadata"]["name"]
     ns = cr["metadata"]["namespace"]
     slugs: dict[str, str] = {}
@@ -490,6 +498,8 @@ def plan(cr: Mapping[str, Any], observed: Observed | None = None) -> Plan:
     stable = spec["stableVersion"]
     if observed.promoted is not None and observed.promoted in served:
         stable = observed.promoted
+    elif observed.candidate_stable is not None and observed.candidate_stable in served:
+        stable = observed.candidate_stable
     if stable not in served:
         stable = observed.previous_stable if observed.previous_stable in served else (served[0] if served else None)
     objects: list[dict[str, Any]] = [_service_account(cr)]
