@@ -29,6 +29,7 @@ from mlops.testing.experiment_stack import (
     INTERVAL,
     Scenario,
     Simulator,
+    arm_totals,
     start_mlops,
     start_pairs,
     stop_all,
@@ -237,42 +238,49 @@ def test_restarts_keep_started_at_and_counts_monotone_and_exact(scenario, pairs)
     s.experiment("restart")
     wait_until(lambda: s.router_table().get("experiment"), 90, "experiment routed", s.op.tail)
     sim = Simulator(s.router, seed=6)
+    history: list[dict] = []  # every status seen, to check the counts never go down
 
     def collected():
         st = s.status("restart")
+        if st.get("samples"):
+            history.append({"samples": st["samples"], "predictions": {
+                arm: (st.get("metrics") or {}).get(arm, {}).get("predictions", 0) for arm in ("control", "treatment")}})
         want = {"control": sim.labelled["control"], "treatment": sim.labelled["treatment"]}
         return st.get("samples") == want and st
+
+    def sidecars_hold_everything():
+        want = (sim.sent["control"] + sim.sent["treatment"], sim.labelled["control"] + sim.labelled["treatment"])
+        return arm_totals(pairs["info"], "restart") == want
+
+    def restart_sidecar(version: str) -> None:
+        procs, info = pairs["procs"], pairs["info"]
+        procs[f"{version}-sidecar"].terminate()  # SIGTERM, as the kubelet does when it restarts a container
+        procs[f"{version}-sidecar"].wait(20)
+        procs[f"{version}-sidecar"] = start_mlops(info[version]["sidecar_args"], pairs["env"])
+        wait_http(info[version]["sidecar"] + "/healthz", procs[f"{version}-sidecar"])
 
     sim.run(users("a", 300), {"control": 0.85, "treatment": 0.85})
     first = wait_until(collected, 90, "first batch collected", s.op.tail)
     started = first["startedAt"]
-    # SIGKILL the operator mid-experiment and start it again
+    # SIGKILL the operator mid-experiment; while it is down a batch reaches the sidecars and the
+    # treatment's sidecar restarts: those counts were never scraped, they exist only in that sidecar
     s.op.stop(signal.SIGKILL)
     sim.run(users("b", 300), {"control": 0.85, "treatment": 0.85})
+    wait_until(sidecars_hold_everything, 30, "sidecars hold the second batch")
+    restart_sidecar("v2")
     s.op.start()
-    second = wait_until(collected, 60, "counts after the operator restart", s.op.tail)
+    second = wait_until(collected, 90, "counts after the operator and sidecar restarts", s.op.tail)
     assert second["startedAt"] == started
-    # restart the treatment's sidecar: its counters start again from zero
-    procs, info = pairs["procs"], pairs["info"]
-    procs["v2-sidecar"].terminate()
-    procs["v2-sidecar"].wait(20)
-    procs["v2-sidecar"] = start_mlops(info["v2"]["sidecar_args"], pairs["env"])
-    wait_http(info["v2"]["sidecar"] + "/healthz", procs["v2-sidecar"])
-    history = []
-
-    def monotone_and_done():
-        st = s.status("restart")
-        history.append(st.get("samples"))
-        return collected()
-
+    # restart the control's sidecar while the operator runs, then more traffic
+    restart_sidecar("v1")
     sim.run(users("c", 300), {"control": 0.85, "treatment": 0.85})
-    third = wait_until(monotone_and_done, 60, "counts after the sidecar restart", s.op.tail)
+    third = wait_until(collected, 60, "counts after the second sidecar restart", s.op.tail)
     assert third["startedAt"] == started
-    seen = [h for h in history if h]
-    for before, after in zip(seen, seen[1:], strict=False):
-        assert after["control"] >= before["control"] and after["treatment"] >= before["treatment"]
-    assert third["samples"]["treatment"] == sim.labelled["treatment"]
-    assert third["samples"]["control"] == sim.labelled["control"]
+    for before, after in zip(history, history[1:], strict=False):
+        for field in ("samples", "predictions"):
+            assert all(after[field][arm] >= before[field][arm] for arm in ("control", "treatment")), (before, after)
+    assert third["samples"] == {"control": sim.labelled["control"], "treatment": sim.labelled["treatment"]}
+    assert history[-1]["predictions"] == {"control": sim.sent["control"], "treatment": sim.sent["treatment"]}
 
 
 def test_conflict_and_deletion_send_traffic_back_to_stable(scenario):
