@@ -80,6 +80,22 @@ def parse_counter(text: str, name: str, label: str) -> dict[str, float]:
     return out
 
 
+def parse_counter_pairs(text: str, name: str, first: str, second: str) -> dict[str, float]:
+    """Sum of a counter's samples grouped by two labels, keyed ``"<first> <second>"``."""
+    import re
+
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        labels, value = line.rsplit(" ", 1)
+        a = re.search(first + r'="([^"]*)"', labels)
+        b = re.search(second + r'="([^"]*)"', labels)
+        key = f"{a.group(1) if a else ''} {b.group(1) if b else ''}"
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
 def per_minute(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
     keys = set(before) | set(after)
     return {k: round((after.get(k, 0) - before.get(k, 0)) * 60 / seconds, 1) for k in sorted(keys)
@@ -159,6 +175,12 @@ def main() -> int:
             text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
             return parse_counter(text, "mlops_operator_api_requests_total", "verb")
 
+        def operator_counts_by_resource() -> dict[str, float]:
+            """verb resource -> count: names the writer when idle writes are not flat."""
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            verbs = parse_counter_pairs(text, "mlops_operator_api_requests_total", "verb", "resource")
+            return verbs
+
         def apiserver_counts() -> dict[str, float]:
             text = cluster.kubectl("get", "--raw", "/metrics").stdout
             return parse_counter(text, "apiserver_request_total", "verb")
@@ -223,9 +245,9 @@ def main() -> int:
                 time.sleep(1.0)
             converged = time.perf_counter() - t0
             time.sleep(15)  # let rollouts' trailing status updates settle
-            op0, api0, w0 = operator_counts(), apiserver_counts(), time.perf_counter()
+            op0, res0, api0, w0 = operator_counts(), operator_counts_by_resource(), apiserver_counts(), time.perf_counter()
             time.sleep(args.idle_seconds)
-            op1, api1, w1 = operator_counts(), apiserver_counts(), time.perf_counter()
+            op1, res1, api1, w1 = operator_counts(), operator_counts_by_resource(), apiserver_counts(), time.perf_counter()
             with_operator = per_minute(api0, api1, w1 - w0)
             # the same window without the operator: the control plane's own idle traffic
             stop_operator(operator)
@@ -236,6 +258,8 @@ def main() -> int:
             without = per_minute(api2, api3, w3 - w2)
             operator = start_operator(list(conv_ns.values()))
             own = per_minute(op0, op1, w1 - w0)
+            difference = {k: round(with_operator.get(k, 0) - without.get(k, 0), 1)
+                          for k in sorted(set(with_operator) | set(without))}
             runs.append({
                 "model_deployments": count,
                 "versions_each": args.versions,
@@ -246,11 +270,13 @@ def main() -> int:
                 "idle_window_seconds": round(w1 - w0, 1),
                 "operator_requests_per_minute": own,
                 "operator_writes_per_minute": round(sum(v for k, v in own.items() if k in WRITE_VERBS), 1),
+                "operator_total_per_minute": round(sum(own.values()), 1),
+                "operator_requests_per_minute_by_resource": per_minute(res0, res1, w1 - w0),
                 "apiserver_requests_per_minute_with_operator": with_operator,
                 "apiserver_requests_per_minute_without_operator": without,
-                "apiserver_difference_per_minute": {
-                    k: round(with_operator.get(k, 0) - without.get(k, 0), 1)
-                    for k in sorted(set(with_operator) | set(without))},
+                "apiserver_difference_per_minute": difference,
+                "apiserver_difference_writes_per_minute": round(
+                    sum(v for k, v in difference.items() if k in WRITE_VERBS), 1),
             })
             print(json.dumps({"partial": runs[-1]}), file=sys.stderr, flush=True)  # survives an interrupted run
             # free the nodes' pod slots for the next count
@@ -271,6 +297,9 @@ def main() -> int:
             "idle_writes_ratio_largest_vs_smallest": (
                 round(runs[-1]["operator_writes_per_minute"] / runs[0]["operator_writes_per_minute"], 2)
                 if len(runs) > 1 and runs[0]["operator_writes_per_minute"] else None),
+            "idle_total_ratio_largest_vs_smallest": (
+                round(runs[-1]["operator_total_per_minute"] / runs[0]["operator_total_per_minute"], 2)
+                if len(runs) > 1 and runs[0]["operator_total_per_minute"] else None),
             "target_idle_writes_per_minute": 60,
         }
         print(json.dumps(result, indent=2))

@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--feedback-ledger", metavar="PATH",
                         help="SQLite file remembering which prediction ids were labelled, so a replayed or "
                         "retried feedback is counted once, also across restarts (default: in memory only)")
+    parser.add_argument("--arms-state", metavar="PATH",
+                        help="file where the per-experiment-arm counts are saved at a clean shutdown and resumed "
+                        "(same instance id) at the next start, so a restarted sidecar loses no A/B counts "
+                        "(put it on a volume that outlives the container; default: not persisted)")
     parser.set_defaults(func=run)
 
 
@@ -33,6 +37,13 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline_accuracy is not None and not 0.0 <= args.baseline_accuracy <= 1.0:
         raise UsageError(f"--baseline-accuracy must be in [0, 1], got {args.baseline_accuracy}")
     from mlops.serving.sidecar import load_profile, run_sidecar
+
+    if args.arms_state:
+        import os
+
+        folder = os.path.dirname(os.path.abspath(args.arms_state))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise UsageError(f"--arms-state {args.arms_state}: folder {folder} does not exist or is not writable")
 
     profile = None
     if args.profile:
@@ -52,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, sqlite3.Error) as exc:
             raise UsageError(f"--feedback-ledger {args.feedback_ledger}: cannot open it ({exc})") from exc
     run_sidecar(args.host, args.port, profile=profile, model_name=args.model_name,
-                baseline_accuracy=args.baseline_accuracy, feedback_ledger=args.feedback_ledger)
+                baseline_accuracy=args.baseline_accuracy, feedback_ledger=args.feedback_ledger,
+                arms_state=args.arms_state)
     return 0

@@ -545,6 +545,53 @@ def srm_log_bayes_factor(n_a: Any, n_b: Any, expected_share_b: float, concentrat
     return betaln(a + nb, b + na) - betaln(a, b) - nb * math.log(p) - na * math.log(1 - p)
 
 
+def srm_power(n_units: int, expected_share_b: float, true_share_b: float, alpha: float = 0.001,
+              concentration: float = 1000.0) -> float:
+    """Probability that the sequential SRM test flags a mismatch when looked at once, after ``n_units``
+    units of which each is in treatment with probability ``true_share_b`` (the test's null is
+    ``expected_share_b``). Exact: the binomial probability of every treatment count whose mixture
+    likelihood ratio reaches ``1/alpha``. Earlier looks only add crossings, so with a look at every
+    collection the power is at least this."""
+    _check_alpha(alpha)
+    if not 0.0 < expected_share_b < 1.0 or not 0.0 <= true_share_b <= 1.0:
+        raise ValueError("shares must be in (0, 1) (expected) and [0, 1] (true)")
+    n = int(n_units)
+    if n <= 0:
+        return 0.0
+    nb = np.arange(n + 1)
+    crosses = srm_log_bayes_factor(n - nb, nb, expected_share_b, concentration) >= math.log(1.0 / alpha)
+    return float(min(1.0, stats.binom.pmf(nb[crosses], n, true_share_b).sum()))
+
+
+def srm_units_for_power(expected_share_b: float, true_share_b: float, alpha: float = 0.001, power: float = 0.99,
+                        concentration: float = 1000.0, max_units: int = 10_000_000) -> int:
+    """The smallest number of units (users) at which :func:`srm_power` reaches ``power``: how much
+    traffic an experiment needs before a given mismatch (e.g. 45/55 under 50/50) is reliably flagged.
+    Raises ValueError when the shares are equal or ``max_units`` is not enough."""
+    if not 0.0 < power < 1.0:
+        raise ValueError("power must be in (0, 1)")
+    if abs(true_share_b - expected_share_b) < 1e-12:
+        raise ValueError("no mismatch: the true share equals the expected share")
+
+    def enough(n: int) -> bool:
+        return srm_power(n, expected_share_b, true_share_b, alpha, concentration) >= power
+
+    hi = 64
+    while not enough(hi):
+        if hi >= max_units:
+            raise ValueError(f"more than {max_units} units needed")
+        hi = min(hi * 2, max_units)
+    lo = hi // 2
+    # the power is monotone in n up to lattice wobbles of the discrete binomial (a few units)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if enough(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 @dataclass(frozen=True)
 class PhaseCounts:
     """Units per arm in one allocation phase and the treatment share the phase was run at."""

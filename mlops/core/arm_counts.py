@@ -229,6 +229,26 @@ class ArmRecorder:
     def snapshot(self) -> ArmTable:
         return {k: v.copy() for k, v in self.table.items()}
 
+    def to_dict(self) -> dict[str, Any]:
+        """The whole state (counts, sketches and each user's running n and s) as plain JSON data, so a
+        restarted sidecar can continue exactly where it stopped (``from_dict``)."""
+        return {"table": table_to_list(self.table),
+                "users": [[*key, *state] for key, state in self._users.items()]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], max_users: int = 1_000_000) -> ArmRecorder:
+        """Inverse of :meth:`to_dict`; raises ValueError on malformed data."""
+        try:
+            rec = cls(max_users=max_users, table=table_from_list(data.get("table") or []))
+            for row in data.get("users") or []:
+                experiment, phase, arm, user, *state = row
+                if len(state) != 4:
+                    raise ValueError(f"a user's state has 4 counts, got {state!r}")
+                rec._users[(str(experiment), int(phase), str(arm), str(user))] = [int(x) for x in state]
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"malformed arm state: {exc}") from exc
+        return rec
+
 
 # --------------------------------------------------------------------------------------------------
 # Reset-safe accumulation across scrapes (what the operator does per source)

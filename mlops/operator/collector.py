@@ -48,7 +48,15 @@ WINDOW_KEYS = ("driftScore", "driftedFeatures", "driftWindowRows", "windowAccura
 
 
 class CollectError(Exception):
-    """No source answered (every endpoint failed): the previous status.metrics is kept."""
+    """No source answered (every endpoint failed): the previous status.metrics is kept.
+
+    ``sources`` names what failed (sorted): a failure *episode* is the same set of sources, whatever
+    the error of the moment (a status error one time, a timeout the next on a loaded node), so the
+    operator posts one Event per episode, not one per flap of the error text."""
+
+    def __init__(self, message: str, *, sources: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message)
+        self.sources = tuple(sorted(sources))
 
 
 def to_status_metrics(summary: Mapping[str, Any], collected_at: str) -> dict[str, Any]:
@@ -114,13 +122,14 @@ class Collector:
             ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
             if ready and status.get("podIP"):
                 urls.append(f"http://{status['podIP']}:{SIDECAR_PORT}/metrics")
-        return urls
+        return sorted(urls)  # a stable order: the same pods give the same failure message
 
     def _scrape(self, urls: list[str], *, trust_env: bool = True) -> dict[str, str]:
         import httpx
 
         texts: dict[str, str] = {}
         failures = []
+        failed = []
         with httpx.Client(timeout=self.timeout, trust_env=trust_env) as client:
             for url in urls:
                 try:
@@ -129,10 +138,11 @@ class Collector:
                     texts[url] = resp.text
                 except httpx.HTTPError as exc:
                     failures.append(f"{url}: {type(exc).__name__}")
+                    failed.append(url)
         if failures:
             log.warning("scrape failures: %s", "; ".join(failures))
         if urls and not texts:
-            raise CollectError("no sidecar answered: " + "; ".join(failures))
+            raise CollectError("no sidecar answered: " + "; ".join(failures), sources=failed)
         return texts
 
     def _prometheus_text(self, cr: Mapping[str, Any]) -> str:
@@ -149,7 +159,7 @@ class Collector:
             resp.raise_for_status()
             payload = resp.json()
         except (httpx.HTTPError, ValueError) as exc:
-            raise CollectError(f"prometheus query failed: {exc}") from exc
+            raise CollectError(f"prometheus query failed: {exc}", sources=[self.prometheus_url or ""]) from exc
         lines = []
         for series in payload.get("data", {}).get("result", []):
             labels = dict(series.get("metric", {}))

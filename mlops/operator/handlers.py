@@ -122,7 +122,7 @@ class Controller:
             kube, endpoints_file=config.metrics_endpoints_file, prometheus_url=config.prometheus_url,
             pod_source=lambda ns, instance: self.cache.labelled("Pod", ns, instance),
         )
-        self._scrape_failures: dict[Key, str] = {}  # key -> message of the ongoing failure episode
+        self._scrape_failures: dict[Key, Any] = {}  # key -> signature of the ongoing failure episode
         self.children = ChildSync(kube, self.cache)
         kube.on_request = self._count_request
         self.known: dict[Key, dict[str, Any]] = {}
@@ -353,7 +353,7 @@ class Controller:
         except CollectError as exc:
             self.metrics.collections.labels("error").inc()
             log.warning("metrics collection for %s/%s failed: %s", namespace, name, exc)
-            self._scrape_failed(cr, str(exc))
+            self._scrape_failed(cr, str(exc), episode=exc.sources or None)
             return None
         except KubeError as exc:
             self.metrics.collections.labels("error").inc()
@@ -368,14 +368,17 @@ class Controller:
         self._scrape_failures.pop((namespace, name), None)
         return metrics
 
-    def _scrape_failed(self, cr: Mapping[str, Any], message: str) -> None:
-        """A failed scrape leaves a trace: a Warning Event when a failure episode starts (or its message
+    def _scrape_failed(self, cr: Mapping[str, Any], message: str, episode: Any = None) -> None:
+        """A failed scrape leaves a trace: a Warning Event when a failure episode starts (or what failed
         changes), and the errors metric every time. Repeats are not re-posted: 1,000 resources with dead
-        sidecars must not turn into 1,000 Event writes per collection interval."""
+        sidecars must not turn into 1,000 Event writes per collection interval. ``episode`` identifies
+        the episode (the failing sources; default: the message), so an error text that flaps between a
+        status error and a timeout on a loaded node is not a new episode each time."""
         key = (cr["metadata"]["namespace"], cr["metadata"]["name"])
-        if self._scrape_failures.get(key) == message:
+        signature = episode if episode is not None else message
+        if self._scrape_failures.get(key) == signature:
             return
-        self._scrape_failures[key] = message
+        self._scrape_failures[key] = signature
         if self.active:
             self._event(cr, "Warning", "MetricsCollectionFailed", message)
 

@@ -18,7 +18,9 @@ process, and lets the server stay a thin, fast prediction loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -81,9 +83,17 @@ def create_sidecar_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     batch_id_memory: int = DEFAULT_BATCH_ID_MEMORY,
     feedback_ledger: str | None = None,
+    arms_state: str | None = None,
 ) -> FastAPI:
     """Build the sidecar's ASGI app. ``profile`` is a ``mlops.core.profile.BaselineProfile`` (or None:
-    then no feature bins, drift or data quality are counted). The recorder is ``app.state.recorder``."""
+    then no feature bins, drift or data quality are counted). The recorder is ``app.state.recorder``.
+
+    ``arms_state``: a file (on a volume that outlives the container) where the per-arm state and the
+    instance id are written at a clean shutdown and read back, then removed, at the next start. The
+    restarted sidecar then continues the same counters under the same instance id, so counts that
+    arrived after the operator's last scrape are not lost (a plain reset-detecting accumulator, like
+    Prometheus' ``increase()``, loses them). After an unclean exit there is no file: a new instance
+    starting from zero, which the operator's reset detection handles."""
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     claim = None
     if feedback_ledger:
@@ -110,8 +120,16 @@ def create_sidecar_app(
                          "applied (a retry after a lost response).", registry=registry)
     applied = RecentIds(batch_id_memory)
     instance = uuid.uuid4().hex
+    if arms_state:
+        instance = _resume_arms(arms_state, recorder) or instance
 
-    app = FastAPI(title="mlops sidecar", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        if arms_state:
+            _persist_arms(arms_state, instance, recorder)
+
+    app = FastAPI(title="mlops sidecar", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.recorder = recorder
     app.state.profile = profile
     app.state.registry = registry
@@ -188,6 +206,53 @@ def create_sidecar_app(
         return _ORJSONResponse({"status": "ok", "model": model_name, "profile": profile is not None})
 
     return app
+
+
+def _resume_arms(path: str, recorder: SidecarRecorder) -> str | None:
+    """Load the per-arm state a clean shutdown left at ``path`` and remove the file; returns the
+    instance id to continue under (None: nothing to resume)."""
+    try:
+        with open(path, "rb") as handle:
+            data = orjson.loads(handle.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        logger.error("cannot read the arm state %s (%s): starting from zero as a new instance", path, exc)
+        _discard(path)
+        return None
+    try:
+        instance = data["instance"]
+        if not isinstance(instance, str) or not instance:
+            raise ValueError("no instance id")
+        recorder.restore_arms(data["arms"])
+    except (KeyError, TypeError, ValueError) as exc:
+        logger.error("malformed arm state %s (%s): starting from zero as a new instance", path, exc)
+        _discard(path)
+        return None
+    # consumed: if this process dies uncleanly, the next one must not resume the same counts twice
+    os.remove(path)
+    logger.info("resumed per-arm counts of instance %s from %s", instance, path)
+    return instance
+
+
+def _discard(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, path + ".corrupt")
+
+
+def _persist_arms(path: str, instance: str, recorder: SidecarRecorder) -> None:
+    """Write the state atomically (a temporary file renamed over ``path``)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(orjson.dumps({"instance": instance, "arms": recorder.arm_state()}))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.error("cannot persist the arm state to %s: %s (the operator will see a counter reset)", path, exc)
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
 
 
 def load_profile(path: str) -> Any:

@@ -279,6 +279,17 @@ class SidecarRecorder:
         with self._lock:
             return self._arms.snapshot()
 
+    def arm_state(self) -> dict[str, Any]:
+        """The per-arm state in full (``ArmRecorder.to_dict``), for a sidecar that persists it on exit."""
+        with self._lock:
+            return self._arms.to_dict()
+
+    def restore_arms(self, state: Mapping[str, Any]) -> None:
+        """Continue from a persisted ``arm_state`` (ValueError when it is malformed)."""
+        restored = ArmRecorder.from_dict(state, max_users=self._arms.max_users)
+        with self._lock:
+            self._arms = restored
+
     def snapshot(self) -> SidecarSnapshot:
         with self._lock:
             return self._snap.copy()

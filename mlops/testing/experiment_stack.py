@@ -292,6 +292,20 @@ class Simulator:
                 assert r.status_code in (200, 202), r.text
 
 
+def arm_totals(info: dict, experiment: str) -> tuple[float, float]:
+    """(predictions, labels) of ``experiment`` held by the sidecars right now (``/v1/arms``)."""
+    from mlops.core.arm_counts import table_from_list
+
+    predictions = labelled = 0.0
+    for v in info.values():
+        body = httpx.get(v["sidecar"] + "/v1/arms", timeout=5).json()
+        for (exp, _phase, _arm), counts in table_from_list(body["arms"]).items():
+            if exp == experiment:
+                predictions += counts.predictions
+                labelled += counts.labelled
+    return predictions, labelled
+
+
 def users(prefix: str, n: int) -> list[str]:
     return [f"{prefix}-{i}" for i in range(n)]
 
@@ -321,12 +335,15 @@ def train_models(root: Path) -> Path:
 def start_pairs(models: Path, home: Path) -> dict[str, Any]:
     """One `mlops serve` + `mlops sidecar` pair per version; stop with ``stop_all(pairs["procs"].values())``."""
     env = {**os.environ, "MLOPS_PREDICTION_ID_KEY": KEY, "MLOPS_HOME": str(home)}
+    home.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen] = {}
     info: dict[str, dict] = {}
     try:
         for v in ("v1", "v2"):
             sp, mp = free_port(), free_port()
-            sidecar_args = ["sidecar", "--port", str(sp), "--model-name", "alz"]
+            # as in the pod: per-arm counts survive a clean restart (the state volume outlives the container)
+            sidecar_args = ["sidecar", "--port", str(sp), "--model-name", "alz",
+                            "--arms-state", str(home / f"{v}-arms-state.json")]
             procs[f"{v}-sidecar"] = start_mlops(sidecar_args, env)
             procs[f"{v}-server"] = start_mlops([
                 "serve", "--model-uri", (models / v / "model.skops").as_uri(), "--sha256",

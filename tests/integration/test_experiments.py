@@ -12,6 +12,7 @@ arm (it reads the arm from the router's answer). The operator's clock is shifted
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
+from mlops.core.ab_stats import srm_units_for_power
 from mlops.core.assignment import assign_variant
 from mlops.operator.k8s import Kube
 from mlops.testing.experiment_stack import (
@@ -27,6 +29,7 @@ from mlops.testing.experiment_stack import (
     INTERVAL,
     Scenario,
     Simulator,
+    arm_totals,
     start_mlops,
     start_pairs,
     stop_all,
@@ -168,8 +171,6 @@ def test_guardrail_breach_rolls_back_within_one_interval(scenario):
         assert r.status_code == 200 and r.json()["model_version"] == "v1"
 
 
-@pytest.mark.xfail(strict=False, reason="has not yet passed on the 2-core machine: SRM was not flagged within 90 s "
-                   "in the merged run; known gap of issue 13")
 def test_sample_ratio_mismatch_blocks_the_winner(scenario):
     s = scenario
     s.experiment("srm", autoPromote=True)
@@ -177,17 +178,33 @@ def test_sample_ratio_mismatch_blocks_the_winner(scenario):
                     "Running", s.op.tail)
     wait_until(lambda: s.router_table().get("experiment"), 90, "experiment routed")
     salt = st["salt"]
-    candidates = users("s", 3200)
-    # a logging bug loses 18% of control users: 45/55 under a 50/50 split
-    drop = np.random.default_rng(4).random(len(candidates)) < 0.18
+    # a logging bug loses 18% of control users: 45/55 under a 50/50 split. The sequential SRM test
+    # (alpha 0.001) needs about 5,500 users to flag that with probability 0.999 (3,200 users, as this
+    # test used to send, gave it 80%: a flaky test, not a product defect); send 2% more than needed.
+    loss = 0.18
+    true_share = 0.5 / (1 - 0.5 * loss)
+    needed = srm_units_for_power(0.5, true_share, alpha=0.001, power=0.999)
+    candidates = users("s", math.ceil(1.02 * needed / (1 - 0.5 * loss)))
+    drop = np.random.default_rng(4).random(len(candidates)) < loss
     kept = [u for u, d in zip(candidates, drop, strict=True) if not (d and assign_variant(salt, u, 0.5) == "control")]
     sim = Simulator(s.router, seed=4)
-    sim.run(kept, {"control": 0.85, "treatment": 0.89}, per_user=1)
-    st = wait_until(lambda: (x := s.status("srm")).get("sampleRatioMismatch") and x, 90, "SRM flagged", s.op.tail)
+    # a true effect (the one the true-effect test promotes), which SRM must keep from being declared
+    sim.run(kept, {"control": 0.85, "treatment": 0.90}, per_user=1)
+
+    def settled():
+        x = s.status("srm")
+        done = x.get("samples") == {"control": sim.labelled["control"], "treatment": sim.labelled["treatment"]}
+        return done and x.get("sampleRatioMismatch") and x
+
+    st = wait_until(settled, 90, "every label collected and SRM flagged", s.op.tail)
     assert s.condition("srm", "SampleRatioMismatch")["status"] == "True"
-    assert st["winner"] == "none" and st["phase"] == "Running" and st["srmPValue"] < 0.001
+    assert st["srmPValue"] < 0.001
+    assert abs(st["users"]["treatment"] / (st["users"]["control"] + st["users"]["treatment"]) - true_share) < 0.02
+    # the effect itself is significant, and still nothing is declared or promoted
+    assert st["pValue"] < 0.05, st
+    assert st["winner"] == "none" and st["phase"] == "Running" and "promotedVersion" not in st
     assert "sample-ratio mismatch" in st["recommendation"]
-    assert s.events("SampleRatioMismatch")
+    assert s.events("SampleRatioMismatch") and not s.events("Promoted")
 
 
 def test_ramp_steps_with_an_injected_clock_are_monotone(scenario):
@@ -221,42 +238,49 @@ def test_restarts_keep_started_at_and_counts_monotone_and_exact(scenario, pairs)
     s.experiment("restart")
     wait_until(lambda: s.router_table().get("experiment"), 90, "experiment routed", s.op.tail)
     sim = Simulator(s.router, seed=6)
+    history: list[dict] = []  # every status seen, to check the counts never go down
 
     def collected():
         st = s.status("restart")
+        if st.get("samples"):
+            history.append({"samples": st["samples"], "predictions": {
+                arm: (st.get("metrics") or {}).get(arm, {}).get("predictions", 0) for arm in ("control", "treatment")}})
         want = {"control": sim.labelled["control"], "treatment": sim.labelled["treatment"]}
         return st.get("samples") == want and st
+
+    def sidecars_hold_everything():
+        want = (sim.sent["control"] + sim.sent["treatment"], sim.labelled["control"] + sim.labelled["treatment"])
+        return arm_totals(pairs["info"], "restart") == want
+
+    def restart_sidecar(version: str) -> None:
+        procs, info = pairs["procs"], pairs["info"]
+        procs[f"{version}-sidecar"].terminate()  # SIGTERM, as the kubelet does when it restarts a container
+        procs[f"{version}-sidecar"].wait(20)
+        procs[f"{version}-sidecar"] = start_mlops(info[version]["sidecar_args"], pairs["env"])
+        wait_http(info[version]["sidecar"] + "/healthz", procs[f"{version}-sidecar"])
 
     sim.run(users("a", 300), {"control": 0.85, "treatment": 0.85})
     first = wait_until(collected, 90, "first batch collected", s.op.tail)
     started = first["startedAt"]
-    # SIGKILL the operator mid-experiment and start it again
+    # SIGKILL the operator mid-experiment; while it is down a batch reaches the sidecars and the
+    # treatment's sidecar restarts: those counts were never scraped, they exist only in that sidecar
     s.op.stop(signal.SIGKILL)
     sim.run(users("b", 300), {"control": 0.85, "treatment": 0.85})
+    wait_until(sidecars_hold_everything, 30, "sidecars hold the second batch")
+    restart_sidecar("v2")
     s.op.start()
-    second = wait_until(collected, 60, "counts after the operator restart", s.op.tail)
+    second = wait_until(collected, 90, "counts after the operator and sidecar restarts", s.op.tail)
     assert second["startedAt"] == started
-    # restart the treatment's sidecar: its counters start again from zero
-    procs, info = pairs["procs"], pairs["info"]
-    procs["v2-sidecar"].terminate()
-    procs["v2-sidecar"].wait(20)
-    procs["v2-sidecar"] = start_mlops(info["v2"]["sidecar_args"], pairs["env"])
-    wait_http(info["v2"]["sidecar"] + "/healthz", procs["v2-sidecar"])
-    history = []
-
-    def monotone_and_done():
-        st = s.status("restart")
-        history.append(st.get("samples"))
-        return collected()
-
+    # restart the control's sidecar while the operator runs, then more traffic
+    restart_sidecar("v1")
     sim.run(users("c", 300), {"control": 0.85, "treatment": 0.85})
-    third = wait_until(monotone_and_done, 60, "counts after the sidecar restart", s.op.tail)
+    third = wait_until(collected, 60, "counts after the second sidecar restart", s.op.tail)
     assert third["startedAt"] == started
-    seen = [h for h in history if h]
-    for before, after in zip(seen, seen[1:], strict=False):
-        assert after["control"] >= before["control"] and after["treatment"] >= before["treatment"]
-    assert third["samples"]["treatment"] == sim.labelled["treatment"]
-    assert third["samples"]["control"] == sim.labelled["control"]
+    for before, after in zip(history, history[1:], strict=False):
+        for field in ("samples", "predictions"):
+            assert all(after[field][arm] >= before[field][arm] for arm in ("control", "treatment")), (before, after)
+    assert third["samples"] == {"control": sim.labelled["control"], "treatment": sim.labelled["treatment"]}
+    assert history[-1]["predictions"] == {"control": sim.sent["control"], "treatment": sim.sent["treatment"]}
 
 
 def test_conflict_and_deletion_send_traffic_back_to_stable(scenario):

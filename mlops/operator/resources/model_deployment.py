@@ -182,6 +182,7 @@ def _version_deployment(cr, spec, version: dict[str, Any], artifact: dict[str, s
         "--port", str(SIDECAR_PORT),
         "--model-name", spec["modelName"],
         "--feedback-ledger", "/var/lib/mlops/feedback-ledger.db",
+        "--arms-state", "/var/lib/mlops/arms-state.json",  # the pod's state volume outlives a container restart
     ]
     if spec["monitoring"].get("baselineAccuracy") is not None:
         sidecar_args += ["--baseline-accuracy", str(spec["monitoring"]["baselineAccuracy"])]
