@@ -493,8 +493,9 @@ def finish_scan(state: Mapping[str, Any], view: JobView, now: float) -> Step:
     try:
         report = json.loads(view.message or "")
         files = report["files"]
-        assert isinstance(files, dict)
-    except (ValueError, KeyError, TypeError, AssertionError):
+        if not isinstance(files, dict):
+            raise TypeError("files is not an object")
+    except (ValueError, KeyError, TypeError):
         ctx.event("Warning", "DataScanFailed", f"scan {scan.get('job')}: unreadable report {str(view.message)[:200]!r}")
         return ctx.step
     ledger = s.setdefault("files", {})

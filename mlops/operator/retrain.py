@@ -33,6 +33,7 @@ from typing import Any
 
 from mlops.core import audit_chain
 from mlops.core import retrain_loop as rl
+from mlops.operator import candidates
 from mlops.operator.api import RetrainPolicySpec
 from mlops.operator.k8s import KubeError
 from mlops.operator.resources import naming as n
@@ -177,14 +178,6 @@ def job_view(job: Mapping[str, Any] | None, pods: list[dict[str, Any]] | None) -
     return rl.JobView("active")
 
 
-def _candidates_module() -> Any:
-    try:
-        from mlops.operator import candidates  # issue-14b: the candidate side of the closed loop
-    except ImportError:
-        return None
-    return candidates
-
-
 class RetrainController:
     """Evaluates RetrainPolicies; shares the ModelDeployment Controller's Kube, clock and Events.
 
@@ -195,9 +188,8 @@ class RetrainController:
                  outcome: Callable[..., str | None] | None = None) -> None:
         self.c = controller
         self.kube = controller.kube
-        module = _candidates_module()
-        self.propose = propose or (getattr(module, "propose_candidate", None) if module else None)
-        self.outcome = outcome or (getattr(module, "candidate_outcome", None) if module else None)
+        self.propose = propose or candidates.propose_candidate
+        self.outcome = outcome or candidates.candidate_outcome
         self.known: dict[Key, dict[str, Any]] = {}
         # (uid, state, audit, ConfigMap resourceVersion): writes are conditional on that version, so an
         # edit made by anyone else is never overwritten (409: re-read, and the edit stays visible)
@@ -288,8 +280,6 @@ class RetrainController:
     def _outcomes(self, cr: Mapping[str, Any], spec: Mapping[str, Any], state: Mapping[str, Any] | None
                   ) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
-        if self.outcome is None:
-            return out
         for run in (state or {}).get("runs", []):
             cand = run.get("candidate") or {}
             if cand.get("status") == "proposed" and cand.get("outcome") not in rl.FINAL_OUTCOMES:
@@ -347,11 +337,7 @@ class RetrainController:
             conflict = self._create_job(cr, spec, run, model_name)
             if conflict:
                 conflicts.append(conflict)
-        candidates_missing = False
         for run in rl.runs_to_propose(state):
-            if self.propose is None:
-                candidates_missing = True
-                continue
             version, error = None, None
             try:
                 version = self.propose(
@@ -373,9 +359,6 @@ class RetrainController:
         elif not broken.ok:
             reason, message, ok = "AuditChainBroken", (f"audit entry {broken.first_bad_id}: {broken.problem} "
                                                        "(the chain continues; verify-audit reports it)"), False
-        elif candidates_missing:
-            reason, message, ok = "CandidatesUnavailable", ("onSuccess.openExperiment is set but this operator has no "
-                                                            "candidate support (mlops.operator.candidates)"), False
         status = rl.status_of(state, now, audit_entries=len(audit))
         self._write(cr, status, ok, reason, message, now)
         return status["phase"]
