@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from mlops.core import candidates as cc
@@ -77,7 +78,10 @@ def pairs(models, tmp_path_factory):
     try:
         for v, path in versions.items():
             sp, mp = free_port(), free_port()
-            procs[f"{v}-sidecar"] = start_mlops(["sidecar", "--port", str(sp), "--model-name", "alz"], env)
+            # every sidecar bins features against v1's training profile, as the chart's sidecars do with
+            # the baseline profile ConfigMap: the drift the operator decides on is counted here
+            procs[f"{v}-sidecar"] = start_mlops(["sidecar", "--port", str(sp), "--model-name", "alz",
+                                                 "--profile", str(models / "v1" / "profile.json")], env)
             procs[f"{v}-server"] = start_mlops([
                 "serve", "--model-uri", path.as_uri(), "--sha256", sha256_of(path), "--version", v,
                 "--model-name", "alz", "--sidecar-url", f"http://127.0.0.1:{sp}", "--flush-interval", "0.1",
@@ -101,7 +105,7 @@ class Loop:
     """One namespace: ModelDeployment `alz` (v1 only, as a user wrote it), its router, an operator."""
 
     def __init__(self, cluster, admin: Kube, kubeconfig: Path, pairs: dict, models: Path, workdir: Path,
-                 monitoring: bool = True):
+                 profile: bool = False):
         self.cluster, self.admin, self.models = cluster, admin, models
         self.ns = f"loop-{uuid.uuid4().hex[:8]}"
         cluster.create_namespace(self.ns)
@@ -116,7 +120,11 @@ class Loop:
             "metadata": {"name": "alz", "annotations": {cand.ANN_EXPERIMENT_DEFAULTS: json.dumps(EXPERIMENT_TUNING)}},
             "spec": {"modelName": "alz", "stableVersion": "v1",
                      "versions": [{"name": "v1", "artifact": {"uri": v1.as_uri(), "sha256": sha256_of(v1)}}],
-                     "monitoring": {"collectIntervalSeconds": 5, "enabled": monitoring}}}
+                     "monitoring": {"collectIntervalSeconds": 5, "enabled": True}}}
+        if profile:  # the baseline the operator's drift windows are tested against (`mlops train`'s profile)
+            self.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "alz-profile"},
+                        "data": {"profile.json": (models / "v1" / "profile.json").read_text()}})
+            self.manifest["spec"]["baselineProfileRef"] = {"configMapName": "alz-profile"}
         self.apply(self.manifest)
         self.folder = ConfigMapDir(workdir / "configmap")
         self.kubelet = Kubelet(admin, self.ns, "alz", self.folder, {v: i["server"] for v, i in info.items()})
@@ -188,9 +196,9 @@ def loop(cluster, admin, operator_kubeconfig, pairs, models, tmp_path):
 
 
 @pytest.fixture
-def unmonitored_loop(cluster, admin, operator_kubeconfig, pairs, models, tmp_path):
-    """The test plays the metrics collector (it writes Drifting): the operator's own collection is off."""
-    s = Loop(cluster, admin, operator_kubeconfig, pairs, models, tmp_path, monitoring=False)
+def profiled_loop(cluster, admin, operator_kubeconfig, pairs, models, tmp_path):
+    """The ModelDeployment names a baseline profile: the operator's collector decides Drifting itself."""
+    s = Loop(cluster, admin, operator_kubeconfig, pairs, models, tmp_path, profile=True)
     try:
         yield s
     finally:
@@ -396,11 +404,28 @@ def test_bad_input_is_a_clear_error(loop, operator_kube):
 HOLD = "mlops.duetmind.io/kwok-hold"
 
 
-def test_full_loop_drift_job_candidate_experiment_promotion(unmonitored_loop):
+def _send_drifted(router: str, rows: int, seed: int) -> None:
+    """Traffic whose `age` is shifted by one training standard deviation (8 years); `score` as in training."""
+    rng = np.random.default_rng(seed)
+    with httpx.Client(base_url=router, timeout=30) as client:
+        for i in range(rows):
+            features = {"age": round(float(rng.normal(70 + 8, 8)), 1), "score": round(float(rng.normal(25, 3)), 2)}
+            r = client.post("/predict", json={"features": features, "user_id": f"drifted-{seed}-{i}"})
+            assert r.status_code == 200, r.text
+
+
+def _drifting(s: Loop) -> dict:
+    return next((c for c in s.mdep_status().get("conditions") or [] if c["type"] == "Drifting"), {})
+
+
+def test_full_loop_from_real_drifted_traffic(profiled_loop):
     """drift -> one Job -> artifact record -> candidate deployed -> experiment at the policy's split ->
-    promotion, with the RetrainPolicy controller (issue 14) in the same operator process. The test plays
-    the collector (Drifting in status) and the training container (the KWOK pod's termination message)."""
-    s = unmonitored_loop
+    promotion, with the RetrainPolicy controller (issue 14) in the same operator process. The drift is
+    real: traffic with `age` shifted by 1 sd goes through the router to v1's `mlops serve`, its sidecar
+    bins it against the training profile, and the operator's collector scrapes the sidecars and sets
+    `Drifting` from its own window test. The test plays only the training container (the KWOK pod's
+    termination message)."""
+    s = profiled_loop
     before = s.user_fields()
     s.apply({"apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "RetrainPolicy", "metadata": {"name": "alz-retrain"},
              "spec": {"modelDeployment": "alz", "triggers": {"drift": {"threshold": 0.1}},
@@ -413,14 +438,21 @@ def test_full_loop_drift_job_candidate_experiment_promotion(unmonitored_loop):
                       "onSuccess": {"openExperiment": True, "trafficSplit": 0.5}}})
     wait_until(lambda: ((s.admin.get("RetrainPolicy", s.ns, "alz-retrain") or {}).get("status") or {}).get("phase")
                == "Idle", 60, "policy evaluated", s.op.tail)
-    # the collector's part: drift in one feature
+    # the operator's first scrape of the sidecars only sets its counters' baseline (what they counted
+    # for earlier tests is not new): drifted traffic is sent after it, so all of it is in the windows
+    wait_until(lambda: (s.mdep_status().get("metrics") or {}).get("collectedAt"), 90, "first collection",
+               s.op.tail)
+    assert _drifting(s).get("status") != "True" and not s.admin.list("Job", s.ns)
+    # 600 rows: every drift window holds at least 100 (windows.MIN_DRIFT_WINDOW_ROWS), however the
+    # collections cut the stream, and a 1 sd shift in such a window is far beyond its 5e-5 level
+    _send_drifted(s.router, 600, seed=31)
+    drifting = wait_until(lambda: _drifting(s).get("status") == "True" and _drifting(s), 120,
+                          "the operator sets Drifting from the sidecars' counts", s.op.tail)
+    assert drifting["reason"] == "FeatureDrift" and "age" in drifting["message"], drifting
+    metrics = s.mdep_status()["metrics"]
+    assert metrics["driftedFeatures"] == ["age"], metrics  # the unshifted feature is not named
+    assert metrics["driftWindowRows"] >= 100 and metrics["driftScore"] > 0.1, metrics
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    conditions = [c for c in s.mdep_status().get("conditions") or [] if c["type"] != "Drifting"]
-    conditions.append({"type": "Drifting", "status": "True", "reason": "FeatureDrift", "message": "age shifted 1 sd",
-                       "lastTransitionTime": now})
-    s.admin.patch_status(s.ns, "alz", {"conditions": conditions, "metrics": {
-        "predictions": 5000, "driftScore": 0.5, "driftedFeatures": ["age"], "driftWindowRows": 600,
-        "collectedAt": now}})
     jobs = wait_until(lambda: s.admin.list("Job", s.ns), 60, "a retraining Job", s.op.tail)
     assert [j["metadata"]["name"] for j in jobs] == [LOOP_RUN]
     # the training container's part: it reports the artifact through its termination message
