@@ -7,11 +7,16 @@ collector and the training container, as the integration tests do:
 - t0: the ModelDeployment's status gets ``Drifting=True`` and a drift score (the collector's write);
 - t1: the policy's Job exists (polled every 20 ms);
 - t2: the Job is Complete (the benchmark wrote the pod's terminated state with the artifact record);
-- t3: the candidate is in the policy's status (``lastCandidate``: ``recorded``, or ``proposed`` when
-  ``mlops.operator.candidates`` is present and ``--open-experiment`` is given).
+- t3: the candidate is in the policy's status (``lastCandidate``: ``recorded``, or ``proposed`` with
+  ``--open-experiment``);
+- t4 (``--open-experiment`` only): the experiment receives traffic: the ModelDeployment's routing
+  ConfigMap (what every router pod reads) names the candidate as the treatment of an unpaused
+  experiment with a nonzero share. It includes deploying the candidate (its KWOK pod becoming Ready)
+  and the ABExperiment starting. Between repetitions the benchmark deletes the experiment (the
+  candidate is then rejected and pruned) so that each repetition's experiment can hold the routing.
 
-Prints JSON: per repetition and median seconds drift -> Job and Job complete -> candidate, with their
-ratio to the operator's evaluation interval (the level-based baseline: without the watch-driven
+Prints JSON: per repetition and median seconds drift -> Job, Job complete -> candidate and (with
+``--open-experiment``) Job complete -> experiment routed, with their ratio to the operator's evaluation interval (the level-based baseline: without the watch-driven
 wake-ups a change waits up to one interval; ratio < 1 is faster than that).
 
     python benchmarks/retrain.py [--repetitions 5] [--interval 5] [--open-experiment]
@@ -28,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlops.core import candidates as cc
 from mlops.operator.k8s import Kube
 from mlops.testing import experiment_stack as stack
 from mlops.testing.cluster import missing_binaries, start_cluster
@@ -50,6 +56,12 @@ def _drift(admin: Kube, on: bool) -> None:
     admin.patch_status(NS, "m", {"metrics": metrics, "conditions": conditions})
 
 
+def _routed_experiment(admin: Kube) -> dict:
+    """The experiment in the routing ConfigMap the routers read (empty when none routes)."""
+    text = (((admin.get("ConfigMap", NS, "m-routing") or {}).get("data") or {}).get("routing.json")) or "{}"
+    return json.loads(text).get("experiment") or {}
+
+
 def _poll(predicate, timeout: float, what: str, step: float = 0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--interval", type=float, default=5.0, help="operator --metrics-interval (seconds)")
     parser.add_argument("--open-experiment", action="store_true",
-                        help="onSuccess.openExperiment (needs mlops.operator.candidates)")
+                        help="onSuccess.openExperiment: also time Job complete -> experiment routed")
     args = parser.parse_args(argv)
     if missing_binaries():
         print(json.dumps({"error": f"control-plane binaries missing: {missing_binaries()}; run `make tools`"}))
@@ -94,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                "spec": {"modelName": "m", "stableVersion": "v1", "monitoring": {"enabled": False},
                         "versions": [{"name": "v1", "artifact": {"uri": model.as_uri(), "sha256": sha}}]}})
         _poll(lambda: (admin.get_mdep(NS, "m").get("status") or {}).get("phase") == "Ready", 180, "mdep Ready", 0.2)
-        to_job, to_candidate = [], []
+        to_job, to_candidate, to_routed = [], [], []
         for rep in range(args.repetitions):
             name = f"p{rep}"
             _drift(admin, False)
@@ -129,10 +141,27 @@ def main(argv: list[str] | None = None) -> int:
             t3 = time.monotonic()
             to_job.append(t1 - t0)
             to_candidate.append(t3 - t2)
-            print(json.dumps({"repetition": rep, "drift_to_job_s": round(t1 - t0, 3),
-                              "job_complete_to_candidate_s": round(t3 - t2, 3)}), file=sys.stderr)
+            line = {"repetition": rep, "drift_to_job_s": round(t1 - t0, 3),
+                    "job_complete_to_candidate_s": round(t3 - t2, 3)}
+            if args.open_experiment:
+                version = cc.version_name(job)
+                _poll(lambda version=version: (lambda e: e.get("treatment") == version and not e.get("paused")
+                                               and e.get("treatment_share", 0) > 0)(_routed_experiment(admin)),
+                      180, "experiment routed")
+                t4 = time.monotonic()
+                to_routed.append(t4 - t2)
+                line["job_complete_to_experiment_routed_s"] = round(t4 - t2, 3)
+                cluster.kubectl("delete", "abexperiment", cc.experiment_name(name, job), "-n", NS)
+                _poll(lambda: not _routed_experiment(admin), 120, "experiment unrouted", 0.2)
+            print(json.dumps(line), file=sys.stderr)
             cluster.kubectl("delete", "rtp", name, "-n", NS)
         median_job, median_candidate = statistics.median(to_job), statistics.median(to_candidate)
+        routed = {}
+        if to_routed:
+            median_routed = statistics.median(to_routed)
+            routed = {"job_complete_to_experiment_routed_s": [round(x, 3) for x in to_routed],
+                      "median_job_complete_to_experiment_routed_s": round(median_routed, 3),
+                      "ratio_experiment_routed_vs_interval": round(median_routed / args.interval, 3)}
         print(json.dumps({
             "benchmark": "retrain",
             "repetitions": args.repetitions,
@@ -144,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             "median_job_complete_to_candidate_s": round(median_candidate, 3),
             "ratio_drift_to_job_vs_interval": round(median_job / args.interval, 3),
             "ratio_candidate_vs_interval": round(median_candidate / args.interval, 3),
+            **routed,
         }, indent=2))
         return 0
     finally:
