@@ -1,7 +1,8 @@
 """The closed loop's second half on the real local control plane: candidate -> experiment -> verdict.
 
-The operator runs as a real `mlops operator` process under manifests/rbac.yaml. The tests play the
-RetrainPolicy controller's part: they call ``propose_candidate`` with the operator's own ServiceAccount
+The operator runs as a real `mlops operator` process under manifests/rbac.yaml. The full-loop test
+starts from real drift (1 sd shifted traffic, the operator's collector sets `Drifting`, the
+RetrainPolicy controller starts the Job); the other tests play the RetrainPolicy controller's part: they call ``propose_candidate`` with the operator's own ServiceAccount
 (so its RBAC is what is exercised) after "a training Job succeeded". Each model version is a real
 `mlops serve` + `mlops sidecar` pair on loopback (KWOK pods stand in for the pods and become Ready), the
 real `mlops route` process reads the routing ConfigMap through a kubelet-like thread, and a seeded
