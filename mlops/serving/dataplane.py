@@ -676,10 +676,7 @@ class DataPlane:
                     self._predict_rows, [req.features], [req.user_id], None, arm_tag))[0]
             return self._predict_rows([req.features], [req.user_id], None, arm_tag)[0]
         model = self._model()
-        try:
-            row = model.row(req.features)
-        except FeatureError as exc:
-            raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
+        row = _feature_row(model, req.features)
         start = time.perf_counter()
         now = self.clock()
         label, confidence = await self.batcher.predict(model, row)
@@ -693,10 +690,7 @@ class DataPlane:
         path (group commit by the A/B recorder's thread)."""
         name, user_id = req.experiment_name or "", req.user_id
         model, plan = self._ab_choice(name, user_id, req.features)
-        try:
-            row = model.row(req.features)
-        except FeatureError as exc:
-            raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
+        row = _feature_row(model, req.features)
         start = time.perf_counter()
         now = self.clock()
         if self.batcher is not None:
@@ -711,6 +705,15 @@ class DataPlane:
         result = self._ab_result(name, user_id or "", model, plan, label, confidence, latency, now)
         self._count_and_record(result, req.features, now, latency)
         return result
+
+
+def _feature_row(model: LoadedModel, features: dict) -> list[Any]:
+    """One request's features in the model's order; a bad feature is a 422 naming it."""
+    try:
+        return model.row(features)
+    except FeatureError as exc:
+        raise ApiError(422, "invalid_feature", str(exc), f"features.{exc.field}") from exc
+
 
 class _ABStoreSink:
     """Writes queued experiment predictions into the A/B store in one transaction per flush
