@@ -6,6 +6,11 @@ metrics) and DIR/profile.json (baseline profile). The retraining Job's default c
 With --register NAME (and an MLflow tracking server: --mlflow-tracking-uri or $MLFLOW_TRACKING_URI,
 the [mlflow] extra installed) the folder is also logged as a run's artifacts and registered as a new
 version of NAME; the command prints its models:/NAME/<version> URI and the sha256 to pin.
+
+With --upload-to PREFIX (s3://bucket/prefix, gs://bucket/prefix or file:///shared/volume) the folder
+is also copied to PREFIX/<run>/ (run: $MLOPS_RUN_ID, which a RetrainPolicy's Job sets, else
+--version), with the credentials and endpoint variables the model pods' init container reads; that
+URI is the one reported. Existing objects are never overwritten.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the metadata as JSON")
     p.add_argument("--register", metavar="NAME", help="register the artifact as a new MLflow model version")
     p.add_argument("--mlflow-tracking-uri", default=None, help="MLflow server (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--upload-to", metavar="PREFIX", default=None,
+                   help="also copy the artifact folder to PREFIX/<run>/ (s3://, gs://, file://) and report that "
+                        "URI; run = $MLOPS_RUN_ID or --version")
     p.add_argument("--termination-message-path", metavar="PATH", default=None,
                    help="also write the artifact record (JSON: uri, sha256, format, metrics, runId from "
                         "$MLOPS_RUN_ID) to PATH, e.g. /dev/termination-log in a RetrainPolicy's Job, where the "
@@ -64,31 +72,37 @@ def run(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         raise UsageError(str(exc)) from exc
     registered = _register(args, meta) if args.register else None
+    uploaded = _upload(args, meta) if args.upload_to else None
     if args.termination_message_path:
-        _write_record(args.termination_message_path, artifact_record(args.out, meta, registered))
+        _write_record(args.termination_message_path, artifact_record(args.out, meta, registered, uploaded))
     if args.json:
         payload = meta.model_dump()
         if registered is not None:
             payload["registered"] = registered
+        if uploaded is not None:
+            payload["uploaded"] = uploaded
         print(json.dumps(payload, indent=2, default=str))
     else:
         print(f"wrote {args.out}/model.skops (sha256 {meta.sha256}), metadata.json, profile.json; "
               f"holdout accuracy {meta.metrics['accuracy']:.3f}")
         if registered is not None:
             print(f"registered {registered['uri']} (sha256 {registered['sha256']}, run {registered['run_id']})")
+        if uploaded is not None:
+            print(f"uploaded {uploaded}")
     return 0
 
 
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps of a termination message
 
 
-def artifact_record(out: str, meta, registered: dict | None = None) -> dict:
+def artifact_record(out: str, meta, registered: dict | None = None, uploaded: str | None = None) -> dict:
     """What a retraining Job reports to the operator: where the artifact is and how to pin it.
-    The registry URI when it was registered, else the file:// URI of the written model."""
+    The registry URI when it was registered, else the uploaded copy's URI, else the file:// URI of the
+    written model."""
     import os
     from pathlib import Path
 
-    uri = registered["uri"] if registered else (Path(out).resolve() / "model.skops").as_uri()
+    uri = registered["uri"] if registered else uploaded or (Path(out).resolve() / "model.skops").as_uri()
     metrics = {k: float(v) for k, v in (meta.metrics or {}).items() if isinstance(v, int | float)}
     record = {"uri": uri, "sha256": meta.sha256, "format": meta.format, "metrics": metrics}
     if os.environ.get("MLOPS_RUN_ID"):
@@ -108,6 +122,17 @@ def _write_record(path: str, record: dict) -> None:
             handle.write(text)
     except OSError as exc:
         raise UsageError(f"--termination-message-path {path}: {exc}") from exc
+
+
+def _upload(args: argparse.Namespace, meta) -> str:
+    import os
+
+    from mlops.serving.artifact_upload import UploadError, upload_folder
+
+    try:
+        return upload_folder(args.out, args.upload_to, os.environ.get("MLOPS_RUN_ID") or meta.version)
+    except UploadError as exc:
+        raise UsageError(f"--upload-to {args.upload_to}: {exc}") from exc
 
 
 def _register(args: argparse.Namespace, meta) -> dict:

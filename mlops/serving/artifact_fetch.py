@@ -53,10 +53,10 @@ def _split_bucket(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _s3_body(bucket: str, key: str, *, endpoint: str | None, access_key: str | None, secret_key: str | None,
-             session_token: str | None, region: str | None, uri: str) -> BinaryIO:
+def s3_client(*, endpoint: str | None, access_key: str | None, secret_key: str | None,
+              session_token: str | None, region: str | None) -> Any:
+    """A boto3 S3 client for any S3-compatible store (also used by ``artifact_upload``)."""
     import boto3
-    import botocore.exceptions
     from botocore.config import Config
 
     session = boto3.session.Session(
@@ -65,9 +65,29 @@ def _s3_body(bucket: str, key: str, *, endpoint: str | None, access_key: str | N
         aws_session_token=session_token or None,
         region_name=region or "us-east-1",
     )
-    client = session.client("s3", endpoint_url=endpoint or None,
-                            config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10,
-                                          read_timeout=60))
+    return session.client("s3", endpoint_url=endpoint or None,
+                          config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10,
+                                        read_timeout=60))
+
+
+def store_client(scheme: str, env: Mapping[str, str]) -> Any:
+    """The S3 client for ``s3://`` or (HMAC keys given) ``gs://``, configured from ``env``; None for
+    ``gs://`` without HMAC keys (the JSON API applies)."""
+    if scheme == "s3":
+        return s3_client(endpoint=env.get("MLOPS_ARTIFACT_S3_ENDPOINT"), access_key=env.get("AWS_ACCESS_KEY_ID"),
+                         secret_key=env.get("AWS_SECRET_ACCESS_KEY"), session_token=env.get("AWS_SESSION_TOKEN"),
+                         region=env.get("AWS_DEFAULT_REGION"))
+    access = env.get("GCS_HMAC_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY_ID")
+    secret = env.get("GCS_HMAC_SECRET") or env.get("AWS_SECRET_ACCESS_KEY")
+    if not (access and secret):
+        return None
+    return s3_client(endpoint=env.get("MLOPS_ARTIFACT_GCS_ENDPOINT") or GCS_ENDPOINT, access_key=access,
+                     secret_key=secret, session_token=None, region=env.get("GCS_REGION") or "auto")
+
+
+def _s3_body(client: Any, bucket: str, key: str, uri: str) -> BinaryIO:
+    import botocore.exceptions
+
     try:
         return client.get_object(Bucket=bucket, Key=key)["Body"]
     except botocore.exceptions.ClientError as exc:
@@ -105,19 +125,12 @@ def open_source(uri: str, env: Mapping[str, str] | None = None) -> BinaryIO:
             return urllib.request.urlopen(uri, timeout=60)  # noqa: S310 - scheme checked above
         except OSError as exc:
             raise FetchError(f"{uri}: {exc}") from exc
-    if scheme == "s3":
+    if scheme in ("s3", "gs"):
         bucket, key = _split_bucket(uri)
-        return _s3_body(bucket, key, endpoint=env.get("MLOPS_ARTIFACT_S3_ENDPOINT"),
-                        access_key=env.get("AWS_ACCESS_KEY_ID"), secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
-                        session_token=env.get("AWS_SESSION_TOKEN"), region=env.get("AWS_DEFAULT_REGION"), uri=uri)
-    if scheme == "gs":
-        bucket, key = _split_bucket(uri)
+        client = store_client(scheme, env)
+        if client is not None:  # s3://, or gs:// through the interoperability (S3 XML) API with HMAC keys
+            return _s3_body(client, bucket, key, uri)
         endpoint = env.get("MLOPS_ARTIFACT_GCS_ENDPOINT") or GCS_ENDPOINT
-        access = env.get("GCS_HMAC_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY_ID")
-        secret = env.get("GCS_HMAC_SECRET") or env.get("AWS_SECRET_ACCESS_KEY")
-        if access and secret:  # interoperability (S3 XML) API with HMAC keys
-            return _s3_body(bucket, key, endpoint=endpoint, access_key=access, secret_key=secret,
-                            session_token=None, region=env.get("GCS_REGION") or "auto", uri=uri)
         url = (f"{endpoint}/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o/"
                f"{urllib.parse.quote(key, safe='')}?alt=media")
         headers = {}

@@ -9,17 +9,13 @@ plane and read back, exactly the variables the kubelet would inject, and the com
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from mlops.operator.k8s import Kube
@@ -31,45 +27,14 @@ MODEL = b"model bytes " * 1000
 BUCKET = "models"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_server():
-    """moto server; after the first 4 (setup) requests every request must be signed by a real IAM key."""
-    import boto3
+    """moto server; every request after its setup must be signed by a real IAM key."""
+    from mlops.testing.s3 import s3_server as start
 
-    port = _free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(endpoint + "/moto-api/", timeout=1).status_code < 500:
-                    break
-            assert proc.poll() is None, "moto server exited"
-            time.sleep(0.2)
-        setup = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
-                     aws_secret_access_key="setup")
-        iam = boto3.client("iam", **setup)
-        iam.create_user(UserName="reader")  # 1
-        key = iam.create_access_key(UserName="reader")["AccessKey"]  # 2
-        iam.put_user_policy(UserName="reader", PolicyName="s3", PolicyDocument=json.dumps(  # 3
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-        boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)  # 4
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
-        s3.put_object(Bucket=BUCKET, Key="alz/v1.skops", Body=MODEL)
-        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    with start(bucket=BUCKET) as store:
+        store.client().put_object(Bucket=BUCKET, Key="alz/v1.skops", Body=MODEL)
+        yield store.endpoint, store.access_key_id, store.secret_access_key
 
 
 def _secret_env(admin: Kube, namespace: str, name: str) -> dict[str, str]:
@@ -135,3 +100,51 @@ def test_gs_artifact_through_the_s3_interoperability_api(cluster, namespace, s3_
                                    "gcs-hmac", gcsEndpoint=endpoint)
     assert ok.returncode == 0, ok.stderr
     assert dest.read_bytes() == MODEL
+
+
+def test_trained_artifact_uploaded_by_mlops_train_is_fetched_and_verified_by_the_init_container(
+        cluster, namespace, s3_server, tmp_path):
+    """A retraining Job's half: `mlops train --upload-to s3://...` publishes the folder under the run's
+    name and reports that URI; the init container (credentials from the same Secret) verifies exactly
+    the bytes the trainer hashed. A second upload under the same run is refused, not overwritten."""
+    import numpy as np
+    import pandas as pd
+
+    endpoint, key_id, secret_key = s3_server
+    admin = Kube(cluster.api_client())
+    cluster.kubectl("create", "secret", "generic", "trainer-creds", "-n", namespace,
+                    f"--from-literal=AWS_ACCESS_KEY_ID={key_id}", f"--from-literal=AWS_SECRET_ACCESS_KEY={secret_key}")
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"age": rng.normal(70, 8, 200), "score": rng.normal(25, 3, 200)})
+    frame["label"] = (frame.score < 24).astype(int)
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    env = {**os.environ, **_secret_env(admin, namespace, "trainer-creds"), "MLOPS_ARTIFACT_S3_ENDPOINT": endpoint,
+           "MLOPS_RUN_ID": "alz-retrain-r7", "MLOPS_HOME": str(tmp_path / "home")}
+    record_path = tmp_path / "termination-log"
+
+    def train(out: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "mlops", "train", "--data", str(tmp_path / "train.csv"), "--label", "label",
+             "--out", str(tmp_path / out), "--upload-to", f"s3://{BUCKET}/retrained/alz",
+             "--termination-message-path", str(record_path)],
+            env=env, capture_output=True, text=True, timeout=180)
+
+    first = train("out1")
+    assert first.returncode == 0, first.stderr
+    record = json.loads(record_path.read_text())
+    assert record["uri"] == f"s3://{BUCKET}/retrained/alz/alz-retrain-r7/model.skops", record
+    assert record["runId"] == "alz-retrain-r7"
+    assert record["sha256"] == hashlib.sha256((tmp_path / "out1" / "model.skops").read_bytes()).hexdigest()
+
+    (tmp_path / "pod").mkdir()
+    fetched, dest = _run_init_container(admin, namespace, record["uri"], record["sha256"], tmp_path / "pod",
+                                        endpoint, "trainer-creds", s3Endpoint=endpoint)
+    assert fetched.returncode == 0, fetched.stderr
+    assert dest.read_bytes() == (tmp_path / "out1" / "model.skops").read_bytes()
+
+    again = train("out2")  # the same run again (a retried Job): what was published stays
+    assert again.returncode == 2 and "already exists: not overwritten" in again.stderr, again.stderr
+    dest.unlink()
+    second, _ = _run_init_container(admin, namespace, record["uri"], record["sha256"], tmp_path / "pod",
+                                    endpoint, "trainer-creds", s3Endpoint=endpoint)
+    assert second.returncode == 0, second.stderr
