@@ -154,15 +154,15 @@ class ExperimentController:
         import httpx
 
         out: dict[str, tuple[str, ArmTable]] = {}
-        with httpx.Client(timeout=self.timeout, trust_env=False) as client:
-            for url in urls:
-                try:
-                    resp = client.get(url)
-                    resp.raise_for_status()
-                    body = resp.json()
-                    out[url] = (str(body["instance"]), table_from_list(body.get("arms") or []))
-                except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-                    log.warning("per-arm scrape of %s failed: %s", url, exc)
+        client = self.c.collector.http(trust_env=False)  # pod IPs: never through a proxy
+        for url in urls:
+            try:
+                resp = client.get(url, timeout=self.timeout)
+                resp.raise_for_status()
+                body = resp.json()
+                out[url] = (str(body["instance"]), table_from_list(body.get("arms") or []))
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                log.warning("per-arm scrape of %s failed: %s", url, exc)
         return out
 
     def _load_accumulator(self, cr: Mapping[str, Any]) -> Accumulator:

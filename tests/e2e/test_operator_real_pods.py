@@ -3,7 +3,10 @@ of the project image under its ServiceAccount, in a namespace enforcing the rest
 two-version ModelDeployment whose init containers download the artifacts from an HTTP server this
 test runs on the node's bridge address and verify their sha256; real requests and feedback through
 the router's Service from another pod; status metrics equal to the traffic sent; a tampered artifact
-turns the resource Degraded while the previous version keeps answering.
+turns the resource Degraded while the previous version keeps answering; and the closed loop: drift in
+real traffic, a retraining Job running `mlops train` in the image on a mounted data set and uploading
+to an S3-compatible store, the candidate verified from there by its init container, an experiment over
+real users and labels, and the promotion.
 """
 
 from __future__ import annotations
@@ -108,9 +111,9 @@ CLIENT = textwrap.dedent("""\
     url = "http://%(svc)s"
     rows = json.loads(%(rows)r)
     out = {"versions": {}, "ok": 0, "feedback_ok": 0, "errors": []}
-    for i, (row, label) in enumerate(rows):
+    for row, label, user in rows:
         req = urllib.request.Request(url + "/predict", data=json.dumps({"features": row}).encode(),
-                                     headers={"Content-Type": "application/json", "X-User-ID": "user-%%d" %% (i %% 7)})
+                                     headers={"Content-Type": "application/json", "X-User-ID": user})
         try:
             body = json.load(urllib.request.urlopen(req, timeout=30))
         except Exception as exc:
@@ -143,8 +146,8 @@ def run_client(cluster, ns: str, name: str, svc: str, rows: list, image: str) ->
                                                 "capabilities": {"drop": ["ALL"]}}}]}}},
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(job))
-    done = cluster.kubectl("wait", "-n", ns, "--for=condition=Complete", f"job/{name}", "--timeout=180s",
-                           timeout=190, check=False)
+    done = cluster.kubectl("wait", "-n", ns, "--for=condition=Complete", f"job/{name}", "--timeout=300s",
+                           timeout=310, check=False)
     logs = cluster.kubectl("logs", "-n", ns, f"job/{name}", check=False)
     assert done.returncode == 0, f"client job failed: {done.stderr}\n{logs.stdout}{logs.stderr}"
     return json.loads(logs.stdout.strip().splitlines()[-1])
@@ -210,7 +213,7 @@ def test_model_deployment_serves_on_real_pods_and_survives_a_tampered_artifact(
 
     frame = generate_oasis_like(n=40, seed=11)
     rows = [({f: float(frame[f].iloc[i]) for f in FEATURES if not frame[f].isna().iloc[i]},
-             int(frame[LABEL].iloc[i])) for i in range(len(frame))]
+             int(frame[LABEL].iloc[i]), f"user-{i % 7}") for i in range(len(frame))]
     sent = run_client(cluster, ns, "client-1", f"alz.{ns}.svc.cluster.local", rows, image)
     assert sent["ok"] == len(rows) and sent["feedback_ok"] == len(rows), sent
     assert sent["versions"] == {"v1": len(rows)}, sent  # no experiment: every user on the stable version
@@ -268,6 +271,176 @@ def test_quickstart_example_from_the_image_becomes_ready_and_serves(operator_in_
 
     frame = generate_oasis_like(n=3, seed=5)
     rows = [({f: float(frame[f].iloc[i]) for f in FEATURES if not frame[f].isna().iloc[i]},
-             int(frame[LABEL].iloc[i])) for i in range(3)]
+             int(frame[LABEL].iloc[i]), f"user-{i}") for i in range(3)]
     sent = run_client(cluster, ns, "quickstart-client", f"quickstart.{ns}.svc.cluster.local", rows, image)
     assert sent["ok"] == 3 and sent["versions"] == {"v1": 3}, sent
+
+
+# ---- the closed loop on real pods ------------------------------------------------------------------
+# v1 learned the old concept (label = score < 24); traffic drifts (age + 1 sd) and its labels now follow
+# a new concept (label = age > 80). The retraining data set holds the new concept, so the retrained
+# candidate is truly better on the traffic and the experiment has a real effect to find.
+LOOP_TUNING = {"minSamplesPerVariant": 100, "minimumDetectableEffect": 0.15}
+
+
+def _concept_frame(n: int, seed: int, age_mean: float, concept: str):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"age": rng.normal(age_mean, 8, n).round(1), "score": rng.normal(25, 3, n).round(2)})
+    frame["label"] = ((frame.score < 24) if concept == "old" else (frame.age > 80)).astype(int)
+    return frame
+
+
+def _loop_rows(n: int, seed: int, users: str) -> list:
+    frame = _concept_frame(n, seed, 78.0, "new")
+    return [({"age": float(r.age), "score": float(r.score)}, int(r.label), f"{users}-{i}")
+            for i, r in enumerate(frame.itertuples())]
+
+
+@pytest.fixture(scope="module")
+def s3_store(real_cluster):
+    """An S3-compatible store (moto, IAM authentication on) on the node's bridge address: pods reach it."""
+    from mlops.testing.s3 import s3_server
+
+    with s3_server(real_cluster.real_node.network.gateway) as store:
+        yield store
+
+
+def test_closed_loop_on_real_pods_drift_retrain_job_candidate_experiment_promotion(
+        operator_in_cluster, s3_store, image, tmp_path):
+    """drift in real traffic -> the RetrainPolicy's Job runs `mlops train` in the image on a mounted data
+    set and uploads to S3 -> the candidate's init container downloads and verifies it -> the experiment
+    splits real users through the router -> the candidate wins on real labels -> promoted, serving."""
+    from mlops.core import candidates as cc
+    from mlops.operator import candidates as cand
+    from mlops.serving.training import train
+
+    cluster = operator_in_cluster
+    ns = "e2e-loop"
+    cluster.create_namespace(ns, labels=RESTRICTED)
+    s3 = s3_store.client()
+    train(_concept_frame(600, 1, 70.0, "old"), "label", tmp_path / "v1", model_name="alz", version="v1", seed=0)
+    for name in ("model.skops", "profile.json"):
+        s3.upload_file(str(tmp_path / "v1" / name), s3_store.bucket, f"alz/v1/{name}")
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "alz-s3"}, "stringData": s3_store.secret_data()}
+    data = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "alz-training-data"},
+            "data": {"train.csv": _concept_frame(800, 2, 78.0, "new").to_csv(index=False)}}
+    profile = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "alz-profile"},
+               "data": {"profile.json": (tmp_path / "v1" / "profile.json").read_text()}}
+    mdep = {
+        "apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "alz", "annotations": {cand.ANN_EXPERIMENT_DEFAULTS: json.dumps(LOOP_TUNING)}},
+        "spec": {"modelName": "alz", "stableVersion": "v1",
+                 "versions": [{"name": "v1", "artifact": {"uri": f"s3://{s3_store.bucket}/alz/v1/model.skops",
+                                                          "sha256": sha256_of(tmp_path / "v1" / "model.skops")}}],
+                 "artifactStore": {"secretName": "alz-s3", "s3Endpoint": s3_store.endpoint},
+                 "baselineProfileRef": {"configMapName": "alz-profile"},
+                 "monitoring": {"collectIntervalSeconds": 5}},
+    }
+    for doc in (secret, data, profile, mdep):
+        cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc))
+
+    def diag() -> str:
+        out = [cluster.kubectl("get", "pods,jobs,abexperiments", "-n", ns, "-o", "wide", check=False).stdout]
+        cr = cluster.kubectl("get", "modeldeployment", "alz", "-n", ns, "-o", "json", check=False).stdout
+        policy = cluster.kubectl("get", "retrainpolicy", "-n", ns, "-o", "json", check=False).stdout
+        return "\n".join([*out, cr[-3000:], policy[-3000:], operator_logs(cluster)])
+
+    def status() -> dict:
+        return get_mdep(cluster, ns, "alz").get("status") or {}
+
+    wait_until(lambda: status().get("phase") == "Ready" and status().get("currentVersion") == "v1", 420,
+               "alz Ready on v1 (artifact from S3)", diag)
+    restricted = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    policy = {
+        "apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "RetrainPolicy", "metadata": {"name": "alz-retrain"},
+        "spec": {
+            "modelDeployment": "alz",
+            "triggers": {"drift": {"threshold": 0.1}},
+            "constraints": {"minHoursBetweenRetrains": 6, "maxRetrainsPerDay": 4},
+            "jobTemplate": {"spec": {"activeDeadlineSeconds": 600, "template": {"spec": {
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 65532,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "train", "image": MANIFEST_IMAGE, "imagePullPolicy": "Never",
+                    "args": ["train", "--data", "/data/train.csv", "--label", "label", "--model-name", "alz",
+                             "--version", "$(MLOPS_RUN_ID)", "--out", "/tmp/out",
+                             "--upload-to", f"s3://{s3_store.bucket}/alz/retrained",
+                             "--termination-message-path", "/dev/termination-log"],
+                    "envFrom": [{"secretRef": {"name": "alz-s3"}}],
+                    "env": [{"name": "MLOPS_ARTIFACT_S3_ENDPOINT", "value": s3_store.endpoint},
+                            {"name": "HOME", "value": "/tmp"}, {"name": "MLOPS_HOME", "value": "/tmp/mlops"}],
+                    "securityContext": restricted,
+                    "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True},
+                                     {"name": "tmp", "mountPath": "/tmp"}]}],
+                "volumes": [{"name": "data", "configMap": {"name": "alz-training-data"}},
+                            {"name": "tmp", "emptyDir": {}}]}}}},
+            "onSuccess": {"openExperiment": True, "trafficSplit": 0.5}},
+    }
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(policy))
+    # the collector's first scrape only sets the counters' baseline: drifted traffic goes after it
+    wait_until(lambda: (status().get("metrics") or {}).get("collectedAt"), 120, "first collection", diag)
+    svc = f"alz.{ns}.svc.cluster.local"
+    drifted = run_client(cluster, ns, "drifted-traffic", svc, _loop_rows(400, 3, "drift"), image)
+    assert drifted["ok"] == 400 and drifted["versions"] == {"v1": 400}, drifted
+
+    run = "alz-retrain-r1"
+    wait_until(lambda: any(c["type"] == "Drifting" and c["status"] == "True" for c in status().get("conditions") or []),
+               180, "Drifting from the real sidecars' counts", diag)
+    done = cluster.kubectl("wait", "-n", ns, "--for=condition=Complete", f"job/{run}", "--timeout=400s",
+                           timeout=410, check=False)
+    train_logs = cluster.kubectl("logs", "-n", ns, f"job/{run}", check=False)
+    assert done.returncode == 0, f"training Job: {done.stderr}\n{train_logs.stdout}{train_logs.stderr}\n{diag()}"
+    assert f"uploaded s3://{s3_store.bucket}/alz/retrained/{run}/model.skops" in train_logs.stdout, train_logs.stdout
+    published = s3.get_object(Bucket=s3_store.bucket, Key=f"alz/retrained/{run}/model.skops")["Body"].read()
+
+    version, experiment = cc.version_name(run), cc.experiment_name("alz-retrain", run)
+    exp = wait_until(lambda: (cluster.kubectl("get", "abexperiment", experiment, "-n", ns, "-o", "json",
+                                              check=False).stdout or "").strip() and
+                     json.loads(cluster.kubectl("get", "abexperiment", experiment, "-n", ns, "-o", "json").stdout),
+                     120, "the candidate's experiment", diag)
+    assert exp["spec"]["treatmentVersion"] == version and exp["spec"]["controlVersion"] == "v1"
+    assert exp["spec"]["trafficSplit"] == 0.5
+    entry = wait_until(lambda: next((c for c in status().get("candidates") or [] if c.get("name") == version), None),
+                       60, "the candidate in status", diag)
+    assert entry["sha256"] == hashlib.sha256(published).hexdigest()  # the bytes the Job uploaded
+
+    def candidate_serving():
+        dep = json.loads(cluster.kubectl("get", "deployment", f"alz-{version}", "-n", ns, "-o", "json",
+                                         check=False).stdout or "{}")
+        return (dep.get("status") or {}).get("readyReplicas") == 1 and dep
+
+    wait_until(candidate_serving, 420, f"candidate alz-{version} Ready (init container fetched it from S3)", diag)
+    pod = next(p for p in json.loads(cluster.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
+               if p["metadata"]["name"].startswith(f"alz-{version}-"))
+    init = cluster.kubectl("logs", "-n", ns, pod["metadata"]["name"], "-c",
+                           pod["spec"]["initContainers"][0]["name"]).stdout
+    assert f"s3://{s3_store.bucket}/alz/retrained/{run}/model.skops verified" in init, init
+
+    def experiment_status() -> dict:
+        return json.loads(cluster.kubectl("get", "abexperiment", experiment, "-n", ns, "-o", "json").stdout
+                          ).get("status") or {}
+
+    wait_until(lambda: experiment_status().get("phase") in ("Running", "Ramping"), 120, "experiment running", diag)
+    seen: dict[str, int] = {}
+    for round_ in range(6):
+        sent = run_client(cluster, ns, f"users-{round_}", svc, _loop_rows(300, 10 + round_, f"u{round_}"), image)
+        assert sent["ok"] == 300 and sent["feedback_ok"] == 300, sent
+        for v, count in sent["versions"].items():
+            seen[v] = seen.get(v, 0) + count
+        try:
+            final = wait_until(lambda: experiment_status().get("phase") in ("Concluded", "Completed", "Terminated")
+                               and experiment_status(), 45, "a verdict")
+            break
+        except AssertionError:
+            continue
+    else:
+        raise AssertionError(f"no verdict after 1,800 users: {experiment_status()}\n{diag()}")
+    assert set(seen) == {"v1", version}, seen  # real users on both arms, through the router's Service
+    assert final["phase"] == "Concluded" and final.get("winner") == "treatment", final
+    wait_until(lambda: status().get("currentVersion") == version, 120, "the candidate promoted to stable", diag)
+    after = run_client(cluster, ns, "after-promotion", svc, _loop_rows(20, 99, "after"), image)
+    assert after["versions"] == {version: 20}, after
+    assert len(json.loads(cluster.kubectl("get", "jobs", "-n", ns, "-o", "json").stdout)["items"]) == 1
