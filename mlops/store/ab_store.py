@@ -197,47 +197,22 @@ class ABStore:
                 " WHERE counted = 1 ORDER BY seq"
             ).fetchall()
             for row in rows:
-                self._add_unit(conn, row["experiment"], 0, row["user_id"], row["variant"], "latency", 1.0,
-                               float(row["latency_ms"]))
+                self._add_units(conn, [(row["experiment"], 0, row["user_id"], row["variant"], "latency", 1.0,
+                                        float(row["latency_ms"]))])
                 if row["labelled"]:
                     pred = json.loads(row["prediction"]) if row["prediction"] else None
                     label = json.loads(row["true_label"]) if row["true_label"] else None
                     self._add_outcome(conn, row["experiment"], 0, row["user_id"], row["variant"],
                                       score_outcome(pred, label))
 
-    @staticmethod
-    def _add_unit(conn: sqlite3.Connection, experiment: str, phase: int, user: str, variant: str, metric: str,
-                  dn: float, ds: float) -> None:
-        """Add ``(dn, ds)`` to one user's sums and update the arm's RatioSums incrementally."""
-        row = conn.execute(
-            "SELECT n, s FROM ab_unit_sums WHERE experiment = ? AND phase = ? AND user_id = ? AND metric = ?",
-            (experiment, phase, user, metric),
-        ).fetchone()
-        old_n, old_s = (float(row[0]), float(row[1])) if row else (0.0, 0.0)
-        new_n, new_s = old_n + dn, old_s + ds
-        conn.execute(
-            "INSERT OR REPLACE INTO ab_unit_sums(experiment, phase, user_id, metric, variant, n, s)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (experiment, phase, user, metric, variant, new_n, new_s),
-        )
-        conn.execute(
-            "INSERT OR IGNORE INTO ab_arm_sums(experiment, phase, variant, metric) VALUES (?, ?, ?, ?)",
-            (experiment, phase, variant, metric),
-        )
-        conn.execute(
-            "UPDATE ab_arm_sums SET units = units + ?, n = n + ?, s = s + ?, nn = nn + ?, ss = ss + ?, ns = ns + ?"
-            " WHERE experiment = ? AND phase = ? AND variant = ? AND metric = ?",
-            (1 if old_n <= 0 < new_n else 0, dn, ds, new_n * new_n - old_n * old_n, new_s * new_s - old_s * old_s,
-             new_n * new_s - old_n * old_s, experiment, phase, variant, metric),
-        )
-
     def _add_outcome(self, conn: sqlite3.Connection, experiment: str, phase: int, user: str, variant: str,
                      inc: dict[str, int]) -> None:
-        self._add_unit(conn, experiment, phase, user, variant, "accuracy", 1.0, float(inc["correct"]))
+        items = [(experiment, phase, user, variant, "accuracy", 1.0, float(inc["correct"]))]
         if inc["tp"] or inc["fp"]:
-            self._add_unit(conn, experiment, phase, user, variant, "precision", 1.0, float(inc["tp"]))
+            items.append((experiment, phase, user, variant, "precision", 1.0, float(inc["tp"])))
         if inc["tp"] or inc["fn"]:
-            self._add_unit(conn, experiment, phase, user, variant, "recall", 1.0, float(inc["tp"]))
+            items.append((experiment, phase, user, variant, "recall", 1.0, float(inc["tp"])))
+        self._add_units(conn, items)
 
     # -- experiments
     def create_experiment(self, name: str, config: dict[str, Any], created_at: float) -> None:
@@ -288,7 +263,7 @@ class ABStore:
                 (rec.id, rec.experiment, rec.user_id, rec.variant, int(rec.counted), rec.model_version,
                  json.dumps(to_jsonable(rec.prediction)), rec.latency_ms, rec.created_at, int(rec.phase)),
             )
-            self._count(conn, rec)
+            self._count_many(conn, [rec])
 
     def record_predictions(self, records: Iterable[PredictionRecord]) -> int:
         """Many predictions in one transaction (the model server's group commit), counted exactly as
@@ -318,11 +293,12 @@ class ABStore:
         return len(fresh)
 
     def _count_many(self, conn: sqlite3.Connection, records: list[PredictionRecord]) -> None:
-        """``_count`` for a whole batch with a handful of statements instead of ~7 per record (the A/B
-        recorder thread shares the GIL with the server's event loop). Exactly the same sums: per-user
-        increments of one batch telescope (``n^2`` after minus before), and a user is new when the
-        batch's first record of it is. A user whose variant changes inside one batch (not sticky) is
-        counted one record at a time."""
+        """Count a batch of predictions (exposures, per-arm counters, per-user latency units) with a
+        handful of statements instead of ~7 per record (the A/B recorder thread shares the GIL with the
+        server's event loop). Exactly the sums of counting one record at a time: per-user increments
+        of one batch telescope (``n^2`` after minus before), and a user is new when the batch's first
+        record of it is. A user whose variant changes inside one batch (not sticky) is counted one
+        record at a time."""
         counted = [r for r in records if r.counted]
         if not counted:
             return
@@ -330,7 +306,7 @@ class ABStore:
         for rec in counted:
             if variants.setdefault((rec.experiment, rec.phase, rec.user_id), rec.variant) != rec.variant:
                 for one in counted:
-                    self._count(conn, one)
+                    self._count_many(conn, [one])
                 return
         first: dict[tuple[str, str], PredictionRecord] = {}
         for rec in counted:
@@ -369,7 +345,8 @@ class ABStore:
 
     @staticmethod
     def _add_units(conn: sqlite3.Connection, items: list[tuple[str, int, str, str, str, float, float]]) -> None:
-        """``_add_unit`` for many increments of one batch (each key's variant fixed within the batch)."""
+        """Add each ``(dn, ds)`` to its user's sums and update the arms' RatioSums incrementally (each
+        key's variant fixed within the batch)."""
         sums: dict[tuple[str, int, str, str], list[Any]] = {}
         for experiment, phase, user, variant, metric, dn, ds in items:
             entry = sums.setdefault((experiment, phase, metric, user), [variant, 0.0, 0.0])
@@ -406,27 +383,6 @@ class ABStore:
             "UPDATE ab_arm_sums SET units = units + ?, n = n + ?, s = s + ?, nn = nn + ?, ss = ss + ?, ns = ns + ?"
             " WHERE experiment = ? AND phase = ? AND variant = ? AND metric = ?",
             [(int(a[0]), *a[1:], *key) for key, a in arms.items()])
-
-    def _count(self, conn: sqlite3.Connection, rec: PredictionRecord) -> None:
-        if not rec.counted:
-            return
-        self._add_unit(conn, rec.experiment, int(rec.phase), rec.user_id, rec.variant, "latency", 1.0,
-                       float(rec.latency_ms))
-        new_user = conn.execute(
-            "INSERT OR IGNORE INTO ab_exposures(experiment, user_id, variant, share, first_seen)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (rec.experiment, rec.user_id, rec.variant, rec.share, rec.created_at),
-        ).rowcount
-        conn.execute(
-            "UPDATE ab_counters SET users = users + ?, predictions = predictions + 1,"
-            " latency_sum = latency_sum + ?, latency_sumsq = latency_sumsq + ?"
-            " WHERE experiment = ? AND variant = ?",
-            (new_user, rec.latency_ms, rec.latency_ms * rec.latency_ms, rec.experiment, rec.variant),
-        )
-        if new_user:
-            conn.execute(
-                "UPDATE ab_experiments SET share_sum = share_sum + ? WHERE name = ?", (rec.share, rec.experiment)
-            )
 
     def _label(self, conn: sqlite3.Connection, row: sqlite3.Row, true_label: Any, now: float) -> None:
         conn.execute(
