@@ -24,7 +24,6 @@ Shape, as for ModelDeployments:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from mlops.core.experiment import ACTIVE, FINAL, Situation, analyse, evaluate, h
 from mlops.operator.api import ABExperimentSpec
 from mlops.operator.candidates import served_names
 from mlops.operator.k8s import KubeError
+from mlops.operator.periodic import PeriodicEvaluator, run_in_background
 from mlops.operator.resources import naming as n
 
 log = logging.getLogger("mlops.operator.experiments")
@@ -104,17 +104,14 @@ def routing_for(kube: Any, mdep: Mapping[str, Any], experiments: list[dict[str, 
     return route, promoted
 
 
-class ExperimentController:
+class ExperimentController(PeriodicEvaluator):
     """Evaluates ABExperiments; shares the ModelDeployment Controller's Kube, collector and clock."""
 
     def __init__(self, controller: Any, *, timeout: float = 5.0) -> None:
-        self.c = controller
+        super().__init__(controller)
         self.kube = controller.kube
         self.timeout = timeout
-        self.known: dict[Key, dict[str, Any]] = {}
         self.accumulators: dict[Key, Accumulator] = {}
-        self._locks: dict[Key, asyncio.Lock] = {}
-        self._next: dict[Key, float] = {}
         self._synced: set[str] = set()
         self.route_changes: set[Key] = set()
         self._foreign: set[Key] = set()  # ModelDeployments whose routing table must be rebuilt  # namespaces listed once; the watch keeps ``known`` current
@@ -280,11 +277,6 @@ class ExperimentController:
         return True
 
     # ---- async plumbing -------------------------------------------------------------------------
-    def lock(self, key: Key) -> asyncio.Lock:
-        if key not in self._locks:
-            self._locks[key] = asyncio.Lock()
-        return self._locks[key]
-
     async def evaluate(self, key: Key) -> None:
         if not self.c.active:  # a standby (leader election) does nothing
             return
@@ -313,23 +305,7 @@ class ExperimentController:
         self.known.pop(key, None)  # (a namespace stays synced: the watch reports what comes later)
         self._foreign.discard(key)
         self.accumulators.pop(key, None)
-        self._next.pop(key, None)
-        self._locks.pop(key, None)
-
-    async def loop(self, stopped: asyncio.Event) -> None:
-        tasks: set[asyncio.Task] = set()
-        while not stopped.is_set():
-            now = self.c.clock()
-            for key in list(self.known) if self.c.active else []:
-                if now >= self._next.get(key, 0.0) and not self.lock(key).locked():
-                    self._next[key] = now + self.interval(key)
-                    task = asyncio.create_task(self.evaluate(key))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopped.wait(), timeout=0.25)
-        for task in tasks:
-            task.cancel()
+        self.unschedule(key)
 
 
 def register(registry: Any, controller: Any) -> ExperimentController:
@@ -338,19 +314,7 @@ def register(registry: Any, controller: Any) -> ExperimentController:
 
     experiments = ExperimentController(controller)
     controller.experiments = experiments
-    stopped = asyncio.Event()
-    background: dict[str, asyncio.Task] = {}
-
-    @kopf.on.startup(registry=registry)
-    async def _start_experiments(**_: Any) -> None:
-        background["task"] = asyncio.create_task(experiments.loop(stopped))
-
-    @kopf.on.cleanup(registry=registry)
-    async def _stop_experiments(**_: Any) -> None:
-        stopped.set()
-        task = background.get("task")
-        if task:
-            await asyncio.wait([task], timeout=5)
+    run_in_background(registry, "experiments", experiments)
 
     @kopf.on.event(n.GROUP, n.VERSION, n.ABX_PLURAL, registry=registry)
     async def abexperiment_event(event: Mapping[str, Any], body: Any, namespace: str, name: str, **_: Any) -> None:

@@ -24,7 +24,6 @@ and be provable afterwards. Shape, as for ABExperiments (``mlops.operator.experi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import logging
@@ -36,6 +35,7 @@ from mlops.core import retrain_loop as rl
 from mlops.operator import candidates
 from mlops.operator.api import RetrainPolicySpec
 from mlops.operator.k8s import KubeError
+from mlops.operator.periodic import PeriodicEvaluator, run_in_background
 from mlops.operator.resources import naming as n
 from mlops.operator.status import set_condition
 
@@ -178,24 +178,23 @@ def job_view(job: Mapping[str, Any] | None, pods: list[dict[str, Any]] | None) -
     return rl.JobView("active")
 
 
-class RetrainController:
+class RetrainController(PeriodicEvaluator):
     """Evaluates RetrainPolicies; shares the ModelDeployment Controller's Kube, clock and Events.
 
     ``propose`` / ``outcome`` default to ``mlops.operator.candidates.propose_candidate`` /
     ``candidate_outcome`` (same signatures)."""
 
+    TICK = 0.1
+
     def __init__(self, controller: Any, *, propose: Callable[..., str] | None = None,
                  outcome: Callable[..., str | None] | None = None) -> None:
-        self.c = controller
+        super().__init__(controller)
         self.kube = controller.kube
         self.propose = propose or candidates.propose_candidate
         self.outcome = outcome or candidates.candidate_outcome
-        self.known: dict[Key, dict[str, Any]] = {}
         # (uid, state, audit, ConfigMap resourceVersion): writes are conditional on that version, so an
         # edit made by anyone else is never overwritten (409: re-read, and the edit stays visible)
         self.memory: dict[Key, tuple[str, dict[str, Any] | None, list[dict[str, Any]], str | None]] = {}
-        self._locks: dict[Key, asyncio.Lock] = {}
-        self._next: dict[Key, float] = {}
         # the audit chain's verification when it was read from the ConfigMap (what this process appends
         # afterwards is valid by construction: not re-hashed at every evaluation)
         self.chain: dict[Key, audit_chain.Verification] = {}
@@ -445,11 +444,6 @@ class RetrainController:
         return True
 
     # ---- async plumbing -------------------------------------------------------------------------
-    def lock(self, key: Key) -> asyncio.Lock:
-        if key not in self._locks:
-            self._locks[key] = asyncio.Lock()
-        return self._locks[key]
-
     async def evaluate(self, key: Key) -> None:
         if not self.c.active:
             return
@@ -464,14 +458,10 @@ class RetrainController:
                 self.c.metrics.errors.labels("retrain").inc()
                 self.memory.pop(key, None)
                 log.exception("evaluation of retrain policy %s/%s crashed", key[0], key[1])
-        self._next[key] = min(self._next.get(key, float("inf")), self.c.clock() + self.interval())
+        self._next[key] = min(self._next.get(key, float("inf")), self.c.clock() + self.interval(key))
 
-    def interval(self) -> float:
+    def interval(self, key: Key) -> float:
         return float(self.c.config.metrics_interval or DEFAULT_INTERVAL)
-
-    def wake(self, key: Key) -> None:
-        if key in self.known:
-            self._next[key] = 0.0
 
     def wake_for_mdep(self, namespace: str, mdep: str) -> None:
         for key, cr in list(self.known.items()):
@@ -482,23 +472,7 @@ class RetrainController:
         self.known.pop(key, None)
         self.memory.pop(key, None)
         self.chain.pop(key, None)
-        self._next.pop(key, None)
-        self._locks.pop(key, None)
-
-    async def loop(self, stopped: asyncio.Event) -> None:
-        tasks: set[asyncio.Task] = set()
-        while not stopped.is_set():
-            now = self.c.clock()
-            for key in list(self.known) if self.c.active else []:
-                if now >= self._next.get(key, 0.0) and not self.lock(key).locked():
-                    self._next[key] = now + self.interval()
-                    task = asyncio.create_task(self.evaluate(key))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopped.wait(), timeout=0.1)
-        for task in tasks:
-            task.cancel()
+        self.unschedule(key)
 
 
 def register(registry: Any, controller: Any) -> RetrainController:
@@ -507,19 +481,7 @@ def register(registry: Any, controller: Any) -> RetrainController:
 
     retrain = RetrainController(controller)
     controller.retrain = retrain
-    stopped = asyncio.Event()
-    background: dict[str, asyncio.Task] = {}
-
-    @kopf.on.startup(registry=registry)
-    async def _start_retrain(**_: Any) -> None:
-        background["task"] = asyncio.create_task(retrain.loop(stopped))
-
-    @kopf.on.cleanup(registry=registry)
-    async def _stop_retrain(**_: Any) -> None:
-        stopped.set()
-        task = background.get("task")
-        if task:
-            await asyncio.wait([task], timeout=5)
+    run_in_background(registry, "retrain", retrain)
 
     @kopf.on.event(n.GROUP, n.VERSION, PLURAL, registry=registry)
     async def retrainpolicy_event(event: Mapping[str, Any], body: Any, namespace: str, name: str, **_: Any) -> None:

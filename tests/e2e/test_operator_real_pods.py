@@ -423,7 +423,7 @@ def test_closed_loop_on_real_pods_drift_retrain_job_candidate_experiment_promoti
         return json.loads(cluster.kubectl("get", "abexperiment", experiment, "-n", ns, "-o", "json").stdout
                           ).get("status") or {}
 
-    wait_until(lambda: experiment_status().get("phase") in ("Running", "Ramping"), 120, "experiment running", diag)
+    wait_until(lambda: experiment_status().get("phase") == "Running", 120, "experiment running", diag)
     seen: dict[str, int] = {}
     for round_ in range(6):
         sent = run_client(cluster, ns, f"users-{round_}", svc, _loop_rows(300, 10 + round_, f"u{round_}"), image)
