@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,16 +30,11 @@ import httpx
 import numpy as np
 
 from mlops.operator.k8s import Kube
+from mlops.testing.cluster import free_port
 
 KEY = "k" * 40
 INTERVAL = 1.0  # --metrics-interval of the operator under test
 FEATURES = {"age": 71.0, "score": 24.5}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, diag: Callable[[], str] = lambda: ""):

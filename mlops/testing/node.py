@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +37,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from mlops.testing.cluster import free_port
 
 if TYPE_CHECKING:
     from mlops.testing.cluster import LocalCluster
@@ -410,12 +411,6 @@ def pick_pod_network() -> ipaddress.IPv4Network:
         if not any(candidate.overlaps(u) for u in used):
             return candidate
     raise NodeError("no free 10.77.N.0/24 network for the real node's pods")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
 import httpx
+
+from mlops.testing.cluster import free_port
 
 SETUP_REQUESTS = 4  # create_user, create_access_key, put_user_policy, create_bucket
 
@@ -42,18 +43,12 @@ class S3Store:
         return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key}
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def s3_server(host: str = "127.0.0.1", bucket: str = "models"):
     """Yield an ``S3Store`` served on ``host`` (a free port) until the block ends."""
     import boto3
 
-    port = _free_port(host)
+    port = free_port(host)
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_REQUESTS)}
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
