@@ -319,6 +319,10 @@ def test_closed_loop_on_real_pods_drift_retrain_job_candidate_experiment_promoti
 
     cluster = operator_in_cluster
     ns = "e2e-loop"
+    started, timeline = time.monotonic(), {}
+
+    def mark(step: str) -> None:
+        timeline[step] = round(time.monotonic() - started, 1)
     cluster.create_namespace(ns, labels=RESTRICTED)
     s3 = s3_store.client()
     train(_concept_frame(600, 1, 70.0, "old"), "label", tmp_path / "v1", model_name="alz", version="v1", seed=0)
@@ -353,6 +357,7 @@ def test_closed_loop_on_real_pods_drift_retrain_job_candidate_experiment_promoti
 
     wait_until(lambda: status().get("phase") == "Ready" and status().get("currentVersion") == "v1", 420,
                "alz Ready on v1 (artifact from S3)", diag)
+    mark("v1 Ready")
     restricted = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
     policy = {
         "apiVersion": "mlops.duetmind.io/v1alpha1", "kind": "RetrainPolicy", "metadata": {"name": "alz-retrain"},
@@ -389,11 +394,13 @@ def test_closed_loop_on_real_pods_drift_retrain_job_candidate_experiment_promoti
     run = "alz-retrain-r1"
     wait_until(lambda: any(c["type"] == "Drifting" and c["status"] == "True" for c in status().get("conditions") or []),
                180, "Drifting from the real sidecars' counts", diag)
+    mark("Drifting")
     done = cluster.kubectl("wait", "-n", ns, "--for=condition=Complete", f"job/{run}", "--timeout=400s",
                            timeout=410, check=False)
     train_logs = cluster.kubectl("logs", "-n", ns, f"job/{run}", check=False)
     assert done.returncode == 0, f"training Job: {done.stderr}\n{train_logs.stdout}{train_logs.stderr}\n{diag()}"
     assert f"uploaded s3://{s3_store.bucket}/alz/retrained/{run}/model.skops" in train_logs.stdout, train_logs.stdout
+    mark("training Job complete")
     published = s3.get_object(Bucket=s3_store.bucket, Key=f"alz/retrained/{run}/model.skops")["Body"].read()
 
     version, experiment = cc.version_name(run), cc.experiment_name("alz-retrain", run)
@@ -413,6 +420,7 @@ def test_closed_loop_on_real_pods_drift_retrain_job_candidate_experiment_promoti
         return (dep.get("status") or {}).get("readyReplicas") == 1 and dep
 
     wait_until(candidate_serving, 420, f"candidate alz-{version} Ready (init container fetched it from S3)", diag)
+    mark("candidate Ready")
     pod = next(p for p in json.loads(cluster.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
                if p["metadata"]["name"].startswith(f"alz-{version}-"))
     init = cluster.kubectl("logs", "-n", ns, pod["metadata"]["name"], "-c",
@@ -438,9 +446,14 @@ def test_closed_loop_on_real_pods_drift_retrain_job_candidate_experiment_promoti
             continue
     else:
         raise AssertionError(f"no verdict after 1,800 users: {experiment_status()}\n{diag()}")
+    mark(f"verdict after {round_ + 1} rounds of 300 users")
     assert set(seen) == {"v1", version}, seen  # real users on both arms, through the router's Service
     assert final["phase"] == "Concluded" and final.get("winner") == "treatment", final
     wait_until(lambda: status().get("currentVersion") == version, 120, "the candidate promoted to stable", diag)
+    mark("promoted")
     after = run_client(cluster, ns, "after-promotion", svc, _loop_rows(20, 99, "after"), image)
     assert after["versions"] == {version: 20}, after
-    assert len(json.loads(cluster.kubectl("get", "jobs", "-n", ns, "-o", "json").stdout)["items"]) == 1
+    training = json.loads(cluster.kubectl("get", "jobs", "-n", ns, "-l", "mlops.duetmind.io/retrainpolicy=alz-retrain",
+                                          "-o", "json").stdout)["items"]
+    assert [j["metadata"]["name"] for j in training] == [run]  # one decision, one Job
+    print(f"closed loop on real pods: {json.dumps(timeline)}; verdict {json.dumps(final.get('analysis') or final)[:600]}")
