@@ -456,4 +456,5 @@ def test_closed_loop_on_real_pods_drift_retrain_job_candidate_experiment_promoti
     training = json.loads(cluster.kubectl("get", "jobs", "-n", ns, "-l", "mlops.duetmind.io/retrainpolicy=alz-retrain",
                                           "-o", "json").stdout)["items"]
     assert [j["metadata"]["name"] for j in training] == [run]  # one decision, one Job
-    print(f"closed loop on real pods: {json.dumps(timeline)}; verdict {json.dumps(final.get('analysis') or final)[:600]}")
+    verdict = {k: final.get(k) for k in ("users", "samples", "metrics", "pValue", "effectSize", "winner")}
+    print(f"closed loop on real pods: {json.dumps(timeline)}; verdict {json.dumps(verdict)[:1500]}")
