@@ -74,9 +74,6 @@ def s3_server(host: str = "127.0.0.1", bucket: str = "models"):
         boto3.client("s3", **setup).create_bucket(Bucket=bucket)
         yield S3Store(endpoint, bucket, key["AccessKeyId"], key["SecretAccessKey"])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        from mlops.testing.experiment_stack import stop_all
+
+        stop_all([proc])
