@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from abc import ABC, abstractmethod
 from typing import Any
 
 Key = tuple[str, str]  # (namespace, name)
 
 
-class PeriodicEvaluator:
+class PeriodicEvaluator(ABC):
     """Subclasses set ``TICK`` and implement ``interval(key)`` and ``evaluate(key)``; ``known`` holds the
     resources (fed by their watch), ``wake(key)`` makes one due now."""
 
@@ -27,11 +28,13 @@ class PeriodicEvaluator:
         self._next: dict[Key, float] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
 
+    @abstractmethod
     def interval(self, key: Key) -> float:
-        raise NotImplementedError
+        """Seconds until ``key`` is due again after an evaluation starts."""
 
+    @abstractmethod
     async def evaluate(self, key: Key) -> None:
-        raise NotImplementedError
+        """Judge one resource (called under its lock, only while leading)."""
 
     def lock(self, key: Key) -> asyncio.Lock:
         if key not in self._locks:
