@@ -157,10 +157,10 @@ class Collector:
             except httpx.HTTPError as exc:
                 failures.append(f"{url}: {type(exc).__name__}")
                 failed.append(url)
-        if failures:
-            log.warning("scrape failures: %s", "; ".join(failures))
-        if urls and not texts:
+        if urls and not texts:  # the caller reports it (once per failure episode)
             raise CollectError("no sidecar answered: " + "; ".join(failures), sources=failed)
+        if failures:
+            log.warning("scrape failures (the other sidecars answered): %s", "; ".join(failures))
         return texts
 
     def _prometheus_text(self, cr: Mapping[str, Any]) -> str:

@@ -61,23 +61,29 @@ def _cr(name: str) -> dict:
                 {"name": "v1", "artifact": {"uri": "s3://b/m.skops", "sha256": "ab" * 32}}]}}
 
 
-def test_a_flapping_error_is_one_episode_and_one_event(tmp_path, flapping_sidecar):
+def test_a_flapping_error_is_one_episode_and_one_event(tmp_path, flapping_sidecar, caplog):
     endpoints = tmp_path / "endpoints.json"
     endpoints.write_text(json.dumps({"ns/m": [flapping_sidecar]}))
     kube = RecordingKube()
     controller = Controller(kube, OperatorConfig(namespaces=["ns"], metrics_endpoints_file=str(endpoints)))
     controller.collector.timeout = 0.3
     controller.known[("ns", "m")] = _cr("m")
+    caplog.set_level("DEBUG", logger="mlops.operator")
     try:
         for _ in range(6):
             assert controller.scrape_sync("ns", "m") is None
     finally:
         controller.shutdown()
+    # the log follows the same rule: one warning per episode (1,000 resources with dead sidecars
+    # must not write 2,000 warnings a minute), the repeats at debug level
+    failures = [r for r in caplog.records if "metrics collection for ns/m failed" in r.getMessage()]
+    assert [r.levelname for r in failures] == ["WARNING"] + ["DEBUG"] * 5, [r.levelname for r in failures]
     texts = {e[2] for e in kube.events}
     assert [e[1] for e in kube.events] == ["MetricsCollectionFailed"], kube.events
     assert texts and all(flapping_sidecar in t for t in texts)
     # a new set of failing sources is a new episode
-    controller._scrape_failed(controller.known[("ns", "m")], "no sidecar answered: other", episode=("other",))
+    controller._scrape_failed(controller.known[("ns", "m")], "collection failed: other", "no sidecar answered: other",
+                               episode=("other",))
     assert len(kube.events) == 2
 
 
