@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops.testing.waiting import wait_until
+
 if TYPE_CHECKING:
     import kubernetes
 
@@ -260,12 +262,7 @@ def _pid_runs(pid: int, binary: str) -> bool:
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str, on_fail: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}\n{on_fail()}")
+    wait_until(predicate, timeout, what, on_fail, error=ClusterError)
 
 
 @dataclass

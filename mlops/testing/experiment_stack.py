@@ -30,22 +30,12 @@ import httpx
 import numpy as np
 
 from mlops.operator.k8s import Kube
+from mlops.testing import waiting
 from mlops.testing.cluster import free_port
 
 KEY = "k" * 40
 INTERVAL = 1.0  # --metrics-interval of the operator under test
 FEATURES = {"age": 71.0, "score": 24.5}
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, diag: Callable[[], str] = lambda: ""):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last={last!r}\n{diag()}")
 
 
 def start_mlops(args: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
@@ -56,15 +46,13 @@ def start_mlops(args: list[str], env: dict[str, str], log: Path | None = None) -
     return proc
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
-    def up():
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args} exited {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(url, timeout=1).status_code == 200
-        return False
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, diag: Callable[[], str] = lambda: ""):
+    """Polls every 0.1 s: the experiment tests report how fast the operator reacted."""
+    return waiting.wait_until(predicate, timeout, what, diag, interval=0.1)
 
-    wait_until(up, timeout, url)
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    waiting.wait_http(url, proc, timeout)
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:

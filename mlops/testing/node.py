@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops.testing.cluster import free_port
+from mlops.testing.waiting import wait_until
 
 if TYPE_CHECKING:
     from mlops.testing.cluster import LocalCluster
@@ -376,12 +377,7 @@ def _shim_pids(containerd_address: str) -> list[int]:
 
 
 def _wait(predicate, timeout: float, what: str, on_fail=lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise NodeError(f"timed out after {timeout:.0f}s waiting for {what}\n{on_fail()}")
+    wait_until(predicate, timeout, what, on_fail, error=NodeError)
 
 
 # ------------------------------------------------------------------------------------------ network

@@ -9,7 +9,6 @@ loopback.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -17,17 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mlops.testing.cluster import free_port
 from mlops.testing.image import podman
 
 pytestmark = pytest.mark.slow
 
 UID = "65532"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Container:
@@ -79,7 +73,7 @@ def containers():
 
 
 def test_serve_demo_sidecar_and_route_run_read_only_as_65532(image, containers, tmp_path):
-    serve_port, sidecar_port, route_port = _free_port(), _free_port(), _free_port()
+    serve_port, sidecar_port, route_port = free_port(), free_port(), free_port()
     sidecar = Container(image, ["sidecar", "--host", "127.0.0.1", "--port", str(sidecar_port),
                                 "--model-name", "alzheimer_classifier"])
     containers.append(sidecar)

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlops.testing.waiting import wait_until
+
 pytestmark = [
     pytest.mark.slow,
 ]
@@ -33,17 +35,6 @@ MANIFEST_IMAGE = "ghcr.io/duetmind/mlops-operator:0.1.0"  # what manifests/ and 
 OPERATOR_NS = "mlops-system"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
               "pod-security.kubernetes.io/enforce-version": "latest"}
-
-
-def wait_until(predicate, timeout: float, what: str, diag=lambda: ""):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}\n{diag()}")
 
 
 def sha256_of(path: Path) -> str:

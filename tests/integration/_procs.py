@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ import pandas as pd
 import pytest
 
 from mlops.serving.training import train
+from mlops.testing.cluster import free_port  # noqa: F401 - re-exported to the tests
 
 KEY = "integration-signing-key-0123456789-abcdefghij"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env(**extra: str) -> dict[str, str]:

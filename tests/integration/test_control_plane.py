@@ -8,26 +8,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from mlops.testing import cluster as cluster_mod
+from mlops.testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def get_json(cluster, *args: str) -> dict:
@@ -82,7 +71,7 @@ def test_api_server_is_ready_and_reports_its_pinned_version(cluster):
 
 def test_deployment_reaches_two_ready_replicas_and_deletion_garbage_collects(cluster, namespace):
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=deployment("web", 2))
-    wait_for(
+    wait_until(
         lambda: get_json(cluster, "deployment", "web", "-n", namespace).get("status", {}).get("readyReplicas") == 2,
         90,
         "2 ready replicas",
@@ -95,12 +84,12 @@ def test_deployment_reaches_two_ready_replicas_and_deletion_garbage_collects(clu
     assert len(replicasets) == 1
 
     cluster.kubectl("delete", "deployment", "web", "-n", namespace, "--wait=false")
-    wait_for(
+    wait_until(
         lambda: not get_json(cluster, "replicasets", "-n", namespace, "-l", "app=web")["items"],
         90,
         "ReplicaSet garbage-collected",
     )
-    wait_for(
+    wait_until(
         lambda: not get_json(cluster, "pods", "-n", namespace, "-l", "app=web")["items"],
         90,
         "Pods garbage-collected",
@@ -163,7 +152,7 @@ def test_service_account_credentials_are_subject_to_rbac(cluster, namespace):
         "create", "rolebinding", "pod-reader", "-n", namespace, "--role=pod-reader",
         f"--serviceaccount={namespace}:operator",
     )
-    wait_for(
+    wait_until(
         lambda: cluster.kubectl("get", "pods", "-n", namespace, kubeconfig=kubeconfig, check=False).returncode == 0,
         30,
         "RBAC grant to take effect",

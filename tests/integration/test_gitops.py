@@ -19,6 +19,8 @@ import httpx
 import pytest
 import yaml
 
+from mlops.testing.waiting import wait_until
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,16 +34,6 @@ def example_objects() -> list[dict]:
     for path in sorted(EXAMPLES.rglob("*.yaml")):
         out += [doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc.get("kind") in KINDS]
     return out
-
-
-def wait_until(predicate, timeout: float, what: str, diag=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{diag()}")
 
 
 def get(cluster, ns: str, kind: str, name: str) -> dict:

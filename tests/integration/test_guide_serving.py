@@ -7,7 +7,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from mlops.testing.cluster import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,16 +53,10 @@ GUIDE_CURLS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("mlops-home")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLOPS_HOME": str(home)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlops", "serve", "--demo", "--host", "127.0.0.1", "--port", str(port),

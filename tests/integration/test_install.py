@@ -17,11 +17,12 @@ import os
 import re
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from mlops.testing.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,16 +87,6 @@ def leftovers(cluster) -> list[str]:
                             "mlops-system", "-l", selector, "-o", "name").stdout.split()
     names += cluster.kubectl("get", "clusterrole,clusterrolebinding", "-l", selector, "-o", "name").stdout.split()
     return names
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last={last!r}")
 
 
 def test_plain_manifests_then_kustomize(fresh):

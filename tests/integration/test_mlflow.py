@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,15 +28,10 @@ from mlflow import MlflowClient  # noqa: E402
 from mlops.cli import main as mlops_main  # noqa: E402
 from mlops.integrations.mlflow_registry import describe  # noqa: E402
 from mlops.serving.model_store import IntegrityError, ModelLoadError, load_model  # noqa: E402
+from mlops.testing.cluster import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 600.0  # `mlflow server` takes 1-2 minutes to answer on a loaded 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -49,7 +43,7 @@ def _env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
@@ -107,7 +101,7 @@ def _fluent(url: str):
 
 
 def _serve(*args: str) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mlops", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--no-ab-testing", "--log-level", "warning", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())

@@ -15,14 +15,11 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -34,6 +31,8 @@ from mlops.operator.k8s import Kube
 from mlops.operator.ownership import ANN_APPLIED_HASH
 from mlops.operator.resources import naming as n
 from mlops.operator.resources.model_deployment import ANN_ROUTING_HASH
+from mlops.testing.cluster import free_port
+from mlops.testing.waiting import wait_http, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,23 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, diag: Callable[[], str] = lambda: ""):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last={last!r}\n{diag()}")
-
-
 class OperatorProcess:
     """`mlops operator` as a subprocess, logging to a file."""
 
@@ -356,17 +338,6 @@ def test_invalid_artifact_keeps_previous_version_serving(cluster, admin, operato
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    def up():
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args} exited {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(url, timeout=1).status_code == 200
-        return False
-
-    wait_until(up, timeout, url)
-
-
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
     rng = np.random.default_rng(7)
@@ -406,8 +377,8 @@ def serving_pairs(trained_model, tmp_path_factory):
             procs.append(server)
             pairs.append((f"http://127.0.0.1:{mp}", f"http://127.0.0.1:{sp}"))
         for (server_url, sidecar_url), i in zip(pairs, range(2), strict=True):
-            _wait_http(sidecar_url + "/healthz", procs[2 * i])
-            _wait_http(server_url + "/health", procs[2 * i + 1])
+            wait_http(sidecar_url + "/healthz", procs[2 * i])
+            wait_http(server_url + "/health", procs[2 * i + 1])
         yield pairs
     finally:
         for p in procs:

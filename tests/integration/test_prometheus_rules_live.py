@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from mlops.testing.cluster import free_port
+from mlops.testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -37,17 +38,6 @@ def prometheus_binary():
             pytest.fail("prometheus is not installed; .ci/run installs Debian's prometheus package")
         pytest.skip("Debian's prometheus package is not installed (apt-get install prometheus)")
     return path
-
-
-def wait_until(predicate, timeout: float, what: str, diag=lambda: ""):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last={last!r}\n{diag()}")
 
 
 def events(version: str, n: int, start: int, error_every: int, latency: float) -> list[dict]:

@@ -25,6 +25,8 @@ import pytest
 from mlops.core.prediction_id import sign_prediction_id
 from mlops.serving.routing_table import choose_version, load_routing_table
 from mlops.serving.sidecar_metrics import parse_metrics
+from mlops.testing.cluster import free_port
+from mlops.testing.waiting import wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,29 +34,9 @@ KEY = "router-test-key-0123456789abcdef-0123456789"  # >= 32 bytes, as required
 FEATURES = {"Age": 72.0, "MMSE": 23.0, "EDUC": 16.0}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mlops", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=env)
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args} exited {proc.returncode}: {proc.stderr.read().decode()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"{url} not healthy after {timeout} s")
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -128,7 +110,7 @@ def stack(tmp_path_factory):
         assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
 
     procs: list[subprocess.Popen] = []
-    ports = {v: (_free_port(), _free_port()) for v in ("v1", "v2")}
+    ports = {v: (free_port(), free_port()) for v in ("v1", "v2")}
     try:
         for version, (server_port, sidecar_port) in ports.items():
             sha = (root / version / "model.sha256").read_text().split()[0]
@@ -141,14 +123,14 @@ def stack(tmp_path_factory):
         urls = {v: f"http://127.0.0.1:{p[0]}" for v, p in ports.items()}
         config = ConfigMapDir(root / "configmap")
         config.write(_table(urls, 0.3))
-        router_port = _free_port()
+        router_port = free_port()
         router_args = ["route", "--table", str(config.path), "--port", str(router_port), "--poll-interval", "0.2",
                        "--read-timeout", "1.0"]
         procs.append(_start(router_args, env))
         for i, (server_port, sidecar_port) in enumerate(ports.values()):
-            _wait_healthy(f"http://127.0.0.1:{sidecar_port}/healthz", procs[2 * i])
-            _wait_healthy(f"http://127.0.0.1:{server_port}/health", procs[2 * i + 1])
-        _wait_healthy(f"http://127.0.0.1:{router_port}/healthz", procs[-1])
+            wait_http(f"http://127.0.0.1:{sidecar_port}/healthz", procs[2 * i])
+            wait_http(f"http://127.0.0.1:{server_port}/health", procs[2 * i + 1])
+        wait_http(f"http://127.0.0.1:{router_port}/healthz", procs[-1])
         yield {"procs": procs, "env": env, "router": f"http://127.0.0.1:{router_port}", "router_args": router_args,
                "config": config, "urls": urls, "sidecars": {v: f"http://127.0.0.1:{p[1]}" for v, p in ports.items()}}
     finally:
@@ -187,7 +169,7 @@ def test_assignment_is_sticky_salted_and_survives_a_restart_and_a_ramp(stack):
         _stop([old])
         new = _start(stack["router_args"], stack["env"])
         stack["procs"][-1] = new
-        _wait_healthy(router + "/healthz", new)
+        wait_http(router + "/healthz", new)
         again = _served(client, router, USERS)
         assert {u: a["model_version"] for u, a in again.items()} == {u: a["model_version"] for u, a in first.items()}
 
@@ -295,7 +277,7 @@ def test_upstream_down_is_502_and_hanging_is_504(stack):
     hanging = socket.socket()
     hanging.bind(("127.0.0.1", 0))
     hanging.listen(16)  # accepts connections (kernel backlog) but never answers
-    closed_port = _free_port()
+    closed_port = free_port()
     try:
         urls = {"v1": f"http://127.0.0.1:{closed_port}", "v2": f"http://127.0.0.1:{hanging.getsockname()[1]}"}
         config.write(_table(urls, 1.0))

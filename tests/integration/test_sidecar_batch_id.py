@@ -17,19 +17,14 @@ import pytest
 
 from mlops.serving.sidecar import RecentIds
 from mlops.serving.sinks import PredictionRecord, SidecarSink
+from mlops.testing.cluster import free_port
 
 pytestmark = [pytest.mark.integration]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def sidecar():
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mlops", "sidecar", "--host", "127.0.0.1", "--port", str(port),
                              "--model-name", "m"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

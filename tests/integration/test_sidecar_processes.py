@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -21,28 +19,10 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from mlops.core.profile import build_profile
 from mlops.serving.sidecar_metrics import merge_snapshots, parse_metrics, summarize
+from mlops.testing.cluster import free_port
+from mlops.testing.waiting import wait_http
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args} exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not healthy after {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +41,7 @@ def sidecars(profile_file):
     path, _ = profile_file
     procs, urls = [], []
     for _ in range(3):  # replica A, replica B, and one that receives the union
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlops", "sidecar", "--port", str(port), "--profile", str(path),
              "--model-name", "alz", "--baseline-accuracy", "0.8"],
@@ -71,7 +51,7 @@ def sidecars(profile_file):
         urls.append(f"http://127.0.0.1:{port}")
     try:
         for proc, url in zip(procs, urls, strict=True):
-            _wait_healthy(url + "/healthz", proc)
+            wait_http(url + "/healthz", proc)
         yield urls
     finally:
         for proc in procs:

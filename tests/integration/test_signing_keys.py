@@ -6,51 +6,23 @@ genuine ids as forged (each worker had its own random key)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
-import numpy as np
-import pandas as pd
 import pytest
+from _procs import free_port, serve, train_model
 
 from mlops.core.prediction_id import sign_prediction_id
-from mlops.serving.training import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(tmp_path, *extra: str) -> tuple[subprocess.Popen, int]:
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(2, 300))
-    frame = pd.DataFrame({"a": a, "b": b, "y": (a > b).astype(int)})
-    meta = train(frame, "y", tmp_path / "model", model_name="key-model", version="v1")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlops", "serve", "--model-uri", str(tmp_path / "model" / "model.skops"),
-         "--sha256", meta.sha256, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra],
-        env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited early: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail("server did not become healthy")
+    """`mlops serve` on a fresh model, with the environment as the test left it."""
+    train_model(tmp_path / "model", name="key-model")
+    port = free_port()
+    return serve(tmp_path / "model", port, {**os.environ}, *extra), port
 
 
 def _without_keys() -> dict[str, str]:
