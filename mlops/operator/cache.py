@@ -78,6 +78,8 @@ class ObjectCache:
             self._unindex(key)
             obj = dict(obj)
             obj.setdefault("kind", kind)
+            # managedFields are often the largest part of an object and nothing here reads them
+            obj["metadata"] = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
             self._objects[key] = obj
             if labels.get(n.LABEL_DEPLOYMENT) is not None:
                 self._by_instance.setdefault((kind, key[1], labels[n.LABEL_DEPLOYMENT]), set()).add(key)
