@@ -8,6 +8,8 @@ Design choices that keep the operator safe to kill at any moment and cheap when 
 - every owned kind is watched (label-filtered) into a shared ``ObjectCache``; an event on an owned
   object schedules its owner's reconciliation (debounced), so deleted or edited children heal in about
   a second; applies of children that are already up to date are skipped (``ownership.up_to_date``);
+- scheduled keys go through a work queue (``schedule``/``work``): a resource waits at most once
+  however many events arrive, and is never reconciled by two workers at once;
 - children are written only through ``ChildSync``: what another owner controls is never modified
   (``ResourceConflict`` in status and an Event);
 - every failure to apply, prune or read becomes a condition with a reason and an Event; pods that do
