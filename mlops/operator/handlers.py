@@ -357,13 +357,11 @@ class Controller:
             metrics = self.collector.collect(cr, spec, self._now())
         except CollectError as exc:
             self.metrics.collections.labels("error").inc()
-            self._scrape_failed(cr, f"metrics collection for {namespace}/{name} failed: {exc}", str(exc),
-                                episode=exc.sources or None)
+            self._scrape_failed(cr, str(exc), episode=exc.sources or None)
             return None
         except KubeError as exc:
             self.metrics.collections.labels("error").inc()
-            self._scrape_failed(cr, f"metrics collection for {namespace}/{name} could not read pods: {exc}",
-                                f"cannot list pods: {exc}")
+            self._scrape_failed(cr, f"cannot list pods: {exc}")
             return None
         self.metrics.collection_seconds.observe(time.perf_counter() - started)
         if metrics is None:
@@ -373,7 +371,7 @@ class Controller:
         self._scrape_failures.pop((namespace, name), None)
         return metrics
 
-    def _scrape_failed(self, cr: Mapping[str, Any], log_line: str, message: str, episode: Any = None) -> None:
+    def _scrape_failed(self, cr: Mapping[str, Any], message: str, episode: Any = None) -> None:
         """A failed scrape leaves a trace: a Warning Event and a warning in the log when a failure
         episode starts (or what failed changes), the errors metric every time. Repeats are logged at
         debug level and not re-posted: 1,000 resources with dead sidecars must not turn into 1,000 Event
@@ -383,9 +381,9 @@ class Controller:
         key = (cr["metadata"]["namespace"], cr["metadata"]["name"])
         signature = episode if episode is not None else message
         if self._scrape_failures.get(key) == signature:
-            log.debug("%s (failing since the episode started)", log_line)
+            log.debug("metrics collection for %s/%s failed (episode ongoing): %s", *key, message)
             return
-        log.warning("%s", log_line)
+        log.warning("metrics collection for %s/%s failed: %s", *key, message)
         self._scrape_failures[key] = signature
         if self.active:
             self._event(cr, "Warning", "MetricsCollectionFailed", message)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
-import pytest
 
 from mlops.serving.training import train
 from mlops.testing.cluster import free_port  # noqa: F401 - re-exported to the tests
+from mlops.testing.waiting import wait_http
 
 KEY = "integration-signing-key-0123456789-abcdefghij"
 
@@ -36,18 +34,12 @@ def train_model(folder: Path, name: str = "m", version: str = "v1", seed: int = 
 def start(args: list[str], environ: dict[str, str], health: str, timeout: float = 90.0) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "mlops", *args], env=environ, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"`mlops {' '.join(args[:1])}` exited early ({proc.returncode}): {proc.stdout.read()[-3000:]}")
-        try:
-            if httpx.get(health, timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail(f"{health} did not become healthy")
+    try:
+        wait_http(health, proc, timeout)
+    except AssertionError:
+        stop(proc)
+        raise
+    return proc
 
 
 def serve(model_dir: Path, port: int, environ: dict[str, str], *extra: str) -> subprocess.Popen:

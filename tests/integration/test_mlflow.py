@@ -29,6 +29,7 @@ from mlops.cli import main as mlops_main  # noqa: E402
 from mlops.integrations.mlflow_registry import describe  # noqa: E402
 from mlops.serving.model_store import IntegrityError, ModelLoadError, load_model  # noqa: E402
 from mlops.testing.cluster import free_port  # noqa: E402
+from mlops.testing.waiting import wait_http  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 600.0  # `mlflow server` takes 1-2 minutes to answer on a loaded 2-core machine
@@ -108,19 +109,6 @@ def _serve(*args: str) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited early ({proc.returncode}): {proc.stdout.read()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    proc.kill()
-    pytest.fail("server did not become healthy")
-
-
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -162,7 +150,7 @@ def test_train_register_version_is_served_with_its_pin_and_refused_with_a_wrong_
     url, v1 = registered["url"], registered["v1"]
     proc, port = _serve("--model-uri", "models:/alzheimer/1", "--sha256", v1["sha256"], "--mlflow-tracking-uri", url)
     try:
-        _wait_healthy(proc, port)
+        wait_http(f"http://127.0.0.1:{port}/health", proc, timeout=300)
         models = httpx.get(f"http://127.0.0.1:{port}/models", timeout=10).json()
         assert models["model_name"] == "alzheimer"
         assert models["models"][0]["sha256"] == v1["sha256"]

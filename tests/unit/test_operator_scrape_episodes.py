@@ -82,8 +82,7 @@ def test_a_flapping_error_is_one_episode_and_one_event(tmp_path, flapping_sideca
     assert [e[1] for e in kube.events] == ["MetricsCollectionFailed"], kube.events
     assert texts and all(flapping_sidecar in t for t in texts)
     # a new set of failing sources is a new episode
-    controller._scrape_failed(controller.known[("ns", "m")], "collection failed: other", "no sidecar answered: other",
-                               episode=("other",))
+    controller._scrape_failed(controller.known[("ns", "m")], "no sidecar answered: other", episode=("other",))
     assert len(kube.events) == 2
 
 
